@@ -1,0 +1,41 @@
+"""Data layer: tokenizer, FASTA genomes and windows, BED splits, HDF5 token stores, GenomicBenchmarks."""
+
+from titans_dna.data.tokenizer import (
+    BASE_IDS,
+    BOS_ID,
+    CLS_ID,
+    EMBED_ROWS,
+    MASK_ID,
+    N_ID,
+    PAD_ID,
+    SEP_ID,
+    TOKENIZER_VERSION,
+    UNK_ID,
+    VOCAB_SIZE,
+    DNATokenizer,
+    InvalidSequenceError,
+    decode,
+    encode,
+    reverse_complement,
+    reverse_complement_ids,
+)
+
+__all__ = [
+    "BASE_IDS",
+    "BOS_ID",
+    "CLS_ID",
+    "EMBED_ROWS",
+    "MASK_ID",
+    "N_ID",
+    "PAD_ID",
+    "SEP_ID",
+    "TOKENIZER_VERSION",
+    "UNK_ID",
+    "VOCAB_SIZE",
+    "DNATokenizer",
+    "InvalidSequenceError",
+    "decode",
+    "encode",
+    "reverse_complement",
+    "reverse_complement_ids",
+]

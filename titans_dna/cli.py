@@ -40,8 +40,351 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _add_model_info(subparsers) -> None:
+    p = subparsers.add_parser(
+        "model-info", help="parameter counts of a model preset, per component",
+        description="Build a preset (on the meta device, no memory used) and print its parameters per component.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--preset", choices=("tiny", "small", "base"), default="tiny", help="model size preset")
+    p.add_argument("--block", choices=("mac", "mag", "mal", "lmm"), default="mac", help="Titans block variant")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_run_model_info)
+
+
+def _run_model_info(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from titans_dna.model import TitansConfig, TitansDNA
+
+    config = TitansConfig.preset(args.preset, block=args.block)
+    with torch.device("meta"):
+        model = TitansDNA(config)
+    counts, total = model.parameter_counts(), model.num_parameters()
+    if args.json:
+        print(json.dumps({"preset": args.preset, "block": args.block, "config": config.to_dict(),
+                          "parameters": counts, "total": total}, indent=2))
+        return 0
+    print(f"{args.preset} / {args.block}: d_model {config.d_model}, {config.n_layers} layers, "
+          f"{config.n_heads} heads x {config.head_dim}, memory depth {config.memory_depth} "
+          f"(x{config.memory_expansion}), chunk {config.chunk_size}, segment {config.segment_len}")
+    for name, n in counts.items():
+        print(f"  {name:<12}{n:>14,}")
+    print(f"  {'total':<12}{total:>14,}")
+    return 0
+
+
+def _add_info(subparsers) -> None:
+    p = subparsers.add_parser(
+        "info", help="records of FASTA/GenBank/EMBL files: length, GC %%, N %%, soft-masked %%",
+        description="One row per record (length, GC %% of unambiguous bases, N %% (N and IUPAC codes), "
+        "soft-masked %% = lowercase) and totals. Reads plain, gzip and BGZF files, or '-' for stdin.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="sequence files, or - for stdin")
+    p.add_argument("--format", choices=("fasta", "genbank", "embl"), default=None,
+                   help="input format (default: from the extension, then the first line)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown only on a terminal)")
+    p.set_defaults(run=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import json
+
+    from titans_dna.data.fasta import iter_records, source_name
+    from titans_dna.data.stats import format_table, record_stats, total_stats
+
+    rows = []
+    for file in args.files:
+        name = source_name(file)
+        for record, seq in iter_records(file, args.format, progress=not args.no_progress):
+            rows.append((name, record_stats(record, seq, name)))
+    total = total_stats(r for _, r in rows)
+    if args.json:
+        records = [{"file": file, **r.as_dict()} for file, r in rows]
+        print(json.dumps({"records": records, "total": total.as_dict()}, indent=2))
+    else:
+        print(format_table(rows, total))
+    return 0
+
+
+def _add_preprocess(subparsers) -> None:
+    p = subparsers.add_parser(
+        "preprocess", help="tokenise a genome into an HDF5 window store (.h5) or a flat token store (.npy)",
+        description="With --out x.h5: windows of --window tokens (tiles every --stride, or --num-windows "
+        "random ones), optionally from BED intervals of some splits, N-filtered, written atomically. "
+        "With --out x.npy: every record's tokens back to back in a memory-mappable array (+ x.json), "
+        "the fastest source of random pretraining windows.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("fasta", nargs="+", metavar="FASTA", help="FASTA files (plain, gzip or BGZF)")
+    p.add_argument("--out", required=True, help="output path: .h5 (windows) or .npy (flat token store)")
+    p.add_argument("--window", type=int, default=None, help="window length in tokens (required for .h5)")
+    p.add_argument("--bed", default=None, help="BED file of intervals to take windows from")
+    p.add_argument("--split", nargs="+", default=None, help="keep BED intervals with these split labels")
+    p.add_argument("--split-column", type=int, default=4, help="1-based BED column holding the split label")
+    p.add_argument("--drop-missing", action="store_true",
+                   help="skip BED intervals on contigs the FASTA lacks (default: refuse)")
+    p.add_argument("--max-n", type=float, default=0.1, help="drop windows with a larger fraction of N")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--stride", type=int, default=None, help="tile step (default: the window length)")
+    group.add_argument("--num-windows", type=int, default=None, help="sample this many random windows")
+    p.add_argument("--short", choices=("skip", "pad"), default="skip",
+                   help="regions shorter than the window: skip them (counted) or pad with [PAD]")
+    p.add_argument("--seed", type=int, default=0, help="seed for --num-windows sampling")
+    p.set_defaults(run=_run_preprocess)
+
+
+def _run_preprocess(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from titans_dna.data.store import preprocess
+    from titans_dna.data.token_store import build_token_store
+
+    if Path(args.out).suffix == ".npy":
+        store = build_token_store(args.fasta, args.out)
+        print(f"{store.path}: {len(store.records)} records, {store.data.size:,} tokens "
+              f"(index {store.path.with_suffix('.json')})")
+        return 0
+    if args.window is None:
+        raise ValueError("--window is required for an .h5 window store")
+    summary = preprocess(
+        args.fasta, args.out, args.window, bed=args.bed, split=args.split, split_column=args.split_column,
+        max_n=args.max_n, stride=args.stride, num_windows=args.num_windows, seed=args.seed, short=args.short,
+        drop_missing=args.drop_missing,
+    )
+    print(f"{summary.path}: {summary.windows:,} windows of {summary.window} tokens; "
+          f"{summary.skipped_short} regions shorter than the window skipped, "
+          f"{summary.dropped_n} windows over --max-n dropped")
+    return 0
+
+
+def _add_finetune(subparsers) -> None:
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a classifier on a labelled task (Titans-DNA, or the CNN / k-mer baselines)",
+        description="Caduceus protocol: train on train, early-stop on validation (the task's dev split or a "
+        "stratified 10%% of train), test once per seed with the best weights; writes metrics.json (mean and "
+        "max-min spread over seeds), predictions and confusion matrices into the run folder. Hydra overrides: "
+        "task=gue_tf_0 init=CHECKPOINT model=small|cnn_baseline|kmer_logreg seeds=[0,1,2] train.lr=1e-4 ...",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides (see configs/)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per seed (smoke tests)")
+    p.add_argument("--max-rows", type=int, default=None, help="cap every split at this many rows (stratified)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_run_finetune)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from titans_dna.train.configs import compose_config
+    from titans_dna.train.finetune import finetune_from_config
+
+    cfg = compose_config(args.overrides, base_overrides=["train=finetune"])
+    summary = finetune_from_config(cfg, max_rows=args.max_rows, max_steps=args.max_steps,
+                                   progress=False if args.no_progress else None)
+    metric = summary["metric"]
+    for name, stats in summary["summary"].items():
+        m = stats[metric]
+        print(f"{summary['task']} {summary['model']} {name}: {metric} {m['mean']:.4f} "
+              f"(spread {m['spread']:.4f} over seeds {summary['seeds']})")
+    print(f"run folder: {cfg.run_dir}")
+    return 0
+
+
+def _add_evaluate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="evaluate a fine-tuned model on a task's test set or a labelled file",
+        description="Writes metrics.json (accuracy, MCC, F1, AUROC), predictions.tsv and a confusion matrix "
+        "PNG. Data: a task's test split(s) (task=NAME overrides) or --data FILE (CSV/TSV with sequence and "
+        "label columns, or FASTA with >id|label headers).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides, e.g. task=gue_tf_0")
+    p.add_argument("--checkpoint", required=True, help="fine-tuned model: a finetune run's seed_<n> folder")
+    p.add_argument("--data", default=None, help="labelled file to evaluate on instead of a task's test split")
+    p.add_argument("--format", choices=("csv", "tsv", "parquet", "fasta"), default=None,
+                   help="format of --data (default: from the extension)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/evaluate-<date>-<time>)")
+    p.add_argument("--rc-conjoin", choices=("auto", "yes", "no"), default="auto",
+                   help="average both strands (auto: as in fine-tuning)")
+    _add_runtime_args(p, batch_size=64)
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from titans_dna.train.configs import compose_config, data_path, prepare_run_dir
+    from titans_dna.train.evaluate import evaluate_checkpoint
+    from titans_dna.train.finetune_data import Split, load_task
+
+    overrides = list(args.overrides) + ([f"run_dir={args.out}"] if args.out else [])
+    cfg = compose_config(overrides, base_overrides=["train=finetune"])
+    if args.data:
+        from titans_dna.data.tables import read_labelled
+
+        seqs, labels, names = read_labelled(args.data, fmt=args.format)
+        tests = {"test": Split(list(seqs), labels, list(names))}
+    elif cfg.get("task") is not None:
+        task = load_task(cfg.task, lambda p: data_path(cfg, p))
+        tests = task.tests
+    else:
+        raise ValueError("evaluate needs --data FILE or task=NAME")
+    run_dir = prepare_run_dir(cfg, "evaluate")
+    conjoin = None if args.rc_conjoin == "auto" else args.rc_conjoin == "yes"
+    result = evaluate_checkpoint(args.checkpoint, tests, run_dir, args.batch_size, _device(args.device),
+                                 _PRECISION[args.dtype], conjoin, not args.no_progress)
+    for name, m in result["test"].items():
+        print(f"{name}: n {m['n']}  accuracy {m['accuracy']:.4f}  MCC {m['mcc']:.4f}  F1 {m['f1']:.4f}  "
+              f"AUROC {m['auroc']:.4f}")
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _device(name: str):
+    from titans_dna.train.distributed import pick_device
+
+    return pick_device(name)
+
+
+def _add_runtime_args(p: argparse.ArgumentParser, batch_size: int) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="sequences per forward pass")
+    p.add_argument("--dtype", choices=tuple(_PRECISION), default="float32",
+                   help="compute precision (bfloat16/float16: autocast; weights stay float32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("fasta", nargs="?", default=None, metavar="FASTA",
+                   help="sequence file (FASTA/GenBank/EMBL, gzip ok; - for stdin); or use --bed")
+    p.add_argument("--bed", default=None, help="BED regions to take from --reference instead of a FASTA")
+    p.add_argument("--reference", default=None, help="genome FASTA that the --bed regions refer to")
+    p.add_argument("--format", choices=("fasta", "genbank", "embl"), default=None,
+                   help="format of the sequence file (default: from the extension, then the first line)")
+
+
+def _records(args: argparse.Namespace):
+    from titans_dna.train.inference import read_records
+
+    return read_records(args.fasta, args.bed, args.reference, args.format)
+
+
+def _add_embed(subparsers) -> None:
+    p = subparsers.add_parser(
+        "embed", help="embeddings of sequences or BED regions into an HDF5 file",
+        description="Pooled embeddings [n, d_model] ('embeddings'), or per-token ones ('tokens' with "
+        "'offsets'), with record names (and coordinates from --bed).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_input_args(p)
+    p.add_argument("--checkpoint", required=True, help="pretrained model folder or shipped name")
+    p.add_argument("--out", required=True, help="output .h5 file")
+    p.add_argument("--pooling", choices=("mean", "max", "first", "last"), default="mean", help="pooling")
+    p.add_argument("--per-token", action="store_true", help="keep every token's embedding (no pooling)")
+    p.add_argument("--rc-average", action="store_true", help="average with the reverse complement's embedding")
+    _add_runtime_args(p, batch_size=32)
+    p.set_defaults(run=_run_embed)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from titans_dna.train.inference import embed_file, load_backbone
+
+    model = load_backbone(args.checkpoint, _device(args.device))
+    n = embed_file(model, _records(args), args.out, args.pooling, args.per_token, args.rc_average,
+                   args.batch_size, _PRECISION[args.dtype], with_coords=args.bed is not None,
+                   progress=not args.no_progress)
+    print(f"{args.out}: {n} records, d_model {model.config.d_model}")
+    return 0
+
+
+def _add_predict(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="class probabilities of sequences or BED regions with a fine-tuned model",
+        description="TSV: name, chrom, start, end, strand, prediction, prob_0..prob_{C-1}.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_input_args(p)
+    p.add_argument("--checkpoint", required=True, help="fine-tuned model: a finetune run's seed_<n> folder")
+    p.add_argument("--out", default="-", help="output TSV (- for stdout)")
+    p.add_argument("--rc-conjoin", choices=("auto", "yes", "no"), default="auto",
+                   help="average both strands (auto: as in fine-tuning)")
+    _add_runtime_args(p, batch_size=64)
+    p.set_defaults(run=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from titans_dna.train.inference import predict_file
+
+    conjoin = None if args.rc_conjoin == "auto" else args.rc_conjoin == "yes"
+    n = predict_file(args.checkpoint, _records(args), args.out, args.batch_size, _device(args.device),
+                     _PRECISION[args.dtype], conjoin, progress=not args.no_progress)
+    if args.out != "-":
+        print(f"{args.out}: {n} records")
+    return 0
+
+
+def _add_score(subparsers) -> None:
+    p = subparsers.add_parser(
+        "score", help="per-record log-likelihood under the causal model",
+        description="TSV: name, chrom, start, end, strand, length, scored_bases, log_likelihood (nats), "
+        "nats_per_base, perplexity. Long records stream through the model with its state carried.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_input_args(p)
+    p.add_argument("--checkpoint", required=True, help="pretrained causal model folder or shipped name")
+    p.add_argument("--out", default="-", help="output TSV (- for stdout)")
+    _add_runtime_args(p, batch_size=16)
+    p.set_defaults(run=_run_score)
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from titans_dna.train.inference import load_backbone, score_file
+
+    model = load_backbone(args.checkpoint, _device(args.device))
+    n = score_file(model, _records(args), args.out, args.batch_size, _PRECISION[args.dtype],
+                   progress=not args.no_progress)
+    if args.out != "-":
+        print(f"{args.out}: {n} records")
+    return 0
+
+
+def _add_score_variants(subparsers) -> None:
+    p = subparsers.add_parser(
+        "score-variants", help="zero-shot variant effects: log-likelihood ratio alt vs ref (both strands)",
+        description="For each ALT allele: LLR = log p(alt window) - log p(ref window) under the causal model, "
+        "averaged with the same on the reverse strand. REF must match --reference (else an error names the "
+        "VCF line). Output: TSV, or with --out x.vcf the input VCF with INFO/TITANS_LLR.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("vcf", metavar="VCF", help="variants (VCF, gzip ok)")
+    p.add_argument("--reference", required=True, help="genome FASTA the VCF refers to")
+    p.add_argument("--checkpoint", required=True, help="pretrained causal model folder or shipped name")
+    p.add_argument("--out", default="-", help="output .tsv or .vcf (- for a TSV on stdout)")
+    p.add_argument("--window", type=int, default=512, help="reference bases on each side of the variant")
+    _add_runtime_args(p, batch_size=16)
+    p.set_defaults(run=_run_score_variants)
+
+
+def _run_score_variants(args: argparse.Namespace) -> int:
+    from titans_dna.train.inference import load_backbone
+    from titans_dna.train.variants import score_variants
+
+    model = load_backbone(args.checkpoint, _device(args.device))
+    n = score_variants(model, args.vcf, args.reference, args.out, args.window, args.batch_size,
+                       _PRECISION[args.dtype], progress=not args.no_progress)
+    if args.out != "-":
+        print(f"{args.out}: {n} alleles scored")
+    return 0
+
+
 # Registrars, in the order `--help` lists them; helpers append their `_add_<name>` functions here.
-_SUBCOMMANDS: list = []
+_SUBCOMMANDS: list = [_add_info, _add_preprocess, _add_model_info, _add_finetune, _add_evaluate, _add_embed,
+                     _add_predict, _add_score, _add_score_variants]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -37,3 +37,23 @@ def shared_data_file(relative: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found in the shared data folder")
     return path
+
+
+CACHE_ENV_VAR = "TITANS_DNA_CACHE"
+
+
+def cache_dir(*parts: str) -> Path:
+    """A writable cache folder (created): ``$TITANS_DNA_CACHE``, else ``$XDG_CACHE_HOME/titans-dna``, else
+    ``~/.cache/titans-dna``; ``parts`` name a subfolder.
+
+    Holds what the package derives from read-only inputs: ``.fai`` indexes, decompressed plain-gzip FASTA,
+    downloads.
+    """
+    override = os.environ.get(CACHE_ENV_VAR)
+    if override:
+        root = Path(override).expanduser()
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "titans-dna"
+    folder = root.joinpath(*parts)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

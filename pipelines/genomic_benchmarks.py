@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Every labelled task whose data is present x {pretrained Titans-DNA, the same from scratch, the
+GenomicBenchmarks CNN, the k-mer logistic regression} x seeds, into one results table.
+
+    python pipelines/genomic_benchmarks.py --init runs/pretrain-.../checkpoint        # the full run (GPU)
+    python pipelines/genomic_benchmarks.py --quick                                     # CPU smoke test
+
+Tasks are the files of configs/task/ (minus ``custom``; ``ienhancer`` reports both its deduplicated and its
+original test set). Each (task, model) run is a `titans-dna finetune` run in ``OUT/<task>/<model>/``; a run
+whose metrics.json exists is reused, so an interrupted pipeline continues where it stopped. The table
+(``OUT/results.md`` and ``OUT/results.json``) gives the test metric's mean over seeds and, in parentheses,
+its max-min spread, beside DNABERT-2's published GUE figures (labelled as published).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from titans_dna.data.atomic import atomic_write_text
+from titans_dna.train.configs import compose_config, config_dir, data_path
+from titans_dna.train.evaluate import write_json
+from titans_dna.train.finetune import finetune_from_config
+
+MODELS = ("titans-pretrained", "titans-scratch", "cnn", "kmer")
+SKIPPED_TASKS = {"custom", "ienhancer_original"}  # custom needs a user path; ienhancer covers the original set
+# DNABERT-2 (Zhou et al. 2024, Table 3), test MCC x 100 as published; 117M parameters.
+DNABERT2_PUBLISHED = {"gue_tf_0": 71.99, "gue_tf_1": 76.06, "gue_tf_2": 66.52, "gue_tf_3": 58.54,
+                      "gue_tf_4": 77.43, "gue_prom_core_all": 69.37, "gue_prom_core_notata": 68.04,
+                      "gue_prom_core_tata": 74.17}
+QUICK = {"max_rows": 96, "max_steps": 3, "seeds": [0], "preset": "tiny"}
+
+
+def available_tasks(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(tasks whose split files exist, tasks skipped for missing data)."""
+    present, missing = [], []
+    for path in sorted((config_dir() / "task").glob("*.yaml")):
+        if path.stem in SKIPPED_TASKS:
+            continue
+        cfg = compose_config([f"task={path.stem}", *overrides], base_overrides=["train=finetune"])
+        folder = data_path(cfg, cfg.task.path)
+        files = [f for f in cfg.task.splits.values() if f]
+        (present if all((folder / f).is_file() for f in files) else missing).append(path.stem)
+    return present, missing
+
+
+def model_overrides(model: str, init: str | None, preset: str) -> list[str] | None:
+    """Hydra overrides selecting one of MODELS (None: not runnable, e.g. pretrained without --init)."""
+    if model == "titans-pretrained":
+        return [f"init={init}", f"model={preset}"] if init else None
+    if model == "titans-scratch":
+        return [f"model={preset}"]
+    return ["model=cnn_baseline" if model == "cnn" else "model=kmer_logreg"]
+
+
+def run_one(task: str, model: str, args: argparse.Namespace, out: Path) -> dict | None:
+    extra = model_overrides(model, args.init, args.preset)
+    if extra is None:
+        return None
+    run_dir = out / task / model
+    if (run_dir / "metrics.json").is_file() and not args.rerun:
+        return json.loads((run_dir / "metrics.json").read_text())
+    seeds = "[" + ",".join(str(s) for s in args.seeds) + "]"
+    cfg = compose_config([f"task={task}", *extra, f"seeds={seeds}", f"run_dir={run_dir}", f"device={args.device}",
+                          *args.overrides], base_overrides=["train=finetune"])
+    if model == "titans-scratch" and args.init:
+        # From scratch means the pretrained architecture with random weights: copy its config.
+        arch = json.loads((Path(args.init) / "config.json").read_text())
+        cfg.model = OmegaConf.create({"_target_": "titans_dna.model.TitansConfig", **arch})
+    print(f"== {task} / {model}", flush=True)
+    return finetune_from_config(cfg, max_rows=args.max_rows, max_steps=args.max_steps,
+                                progress=not args.no_progress)
+
+
+def _cell(summary: dict | None, test: str, metric: str) -> str:
+    if summary is None or test not in summary["summary"]:
+        return "-"
+    stats = summary["summary"][test][metric]
+    if stats["mean"] is None:
+        return "n/a"
+    return f"{100 * stats['mean']:.2f} ({100 * stats['spread']:.2f})"
+
+
+def results_table(results: dict[str, dict[str, dict | None]], models: list[str]) -> str:
+    """Markdown: one row per task and test set, one column per model, for MCC and accuracy (x 100)."""
+    lines = []
+    for metric in ("mcc", "accuracy"):
+        head = ["task", "test set", "n test", "test in train", *models]
+        if metric == "mcc":
+            head.append("DNABERT-2 (published)")
+        lines += [f"### Test {metric.upper() if metric == 'mcc' else metric} x 100: mean over seeds "
+                  "(max-min spread)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for task, by_model in results.items():
+            first = next((s for s in by_model.values() if s is not None), None)
+            if first is None:
+                continue
+            for test in first["summary"]:
+                n = first["per_seed"][0]["test"][test]["n"]
+                overlap = first["info"].get("overlap", {}).get("test_in_train", "-") if test == "test" else "-"
+                row = [task, test, str(n), str(overlap), *(_cell(by_model.get(m), test, metric) for m in models)]
+                if metric == "mcc":
+                    row.append(f"{DNABERT2_PUBLISHED[task]:.2f}" if task in DNABERT2_PUBLISHED and test == "test"
+                               else "-")
+                lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="Hydra overrides for every run (e.g. train.max_epochs=10 data_root=/data)")
+    p.add_argument("--init", default=None, help="pretrained checkpoint folder (needed for titans-pretrained)")
+    p.add_argument("--out", default="runs/genomic_benchmarks", help="output folder")
+    p.add_argument("--tasks", nargs="+", default=None, help="task names (default: all with data present)")
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to run")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="fine-tuning seeds")
+    p.add_argument("--preset", default="small", help="Titans preset for scratch runs without --init")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per seed")
+    p.add_argument("--max-rows", type=int, default=None, help="cap every split at this many rows")
+    p.add_argument("--quick", action="store_true",
+                   help=f"CPU smoke test: {QUICK['max_rows']} rows per split, {QUICK['max_steps']} steps, "
+                   "one seed, the tiny preset")
+    p.add_argument("--rerun", action="store_true", help="rerun (task, model) pairs that already have results")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.max_rows = args.max_rows or QUICK["max_rows"]
+        args.max_steps = args.max_steps or QUICK["max_steps"]
+        args.seeds, args.preset = QUICK["seeds"], QUICK["preset"]
+    out = Path(args.out).resolve()
+    tasks, missing = available_tasks(args.overrides)
+    if args.tasks:
+        unknown = sorted(set(args.tasks) - set(tasks) - set(missing))
+        if unknown:
+            raise SystemExit(f"unknown tasks {unknown}; configs/task has {sorted(tasks + missing)}")
+        tasks = [t for t in tasks if t in args.tasks]
+    if missing:
+        print(f"skipping tasks without data: {', '.join(missing)}", file=sys.stderr)
+    results = {task: {m: run_one(task, m, args, out) for m in args.models} for task in tasks}
+    models = [m for m in args.models if any(results[t][m] is not None for t in tasks)]
+    table = results_table(results, models)
+    atomic_write_text(out / "results.md", f"# Fine-tuning results ({out})\n\n{table}")
+    write_json(out / "results.json", {"tasks": tasks, "skipped": missing, "models": models, "seeds": args.seeds,
+                                      "results": results, "dnabert2_published_mcc": DNABERT2_PUBLISHED})
+    print(table)
+    print(f"results: {out / 'results.md'}, {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

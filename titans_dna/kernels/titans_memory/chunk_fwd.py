@@ -1,0 +1,336 @@
+"""Triton forward of the chunked Titans memory: shared in-kernel helpers, the chunk step, and the
+persistent kernel that walks one (batch, head) chain over its chunks.
+
+Per chain the state (W_l and S_l, float32) lives in global memory, where it stays L2-resident between
+chunks: 64 -> 256 -> 64 is 256 KiB per chain, more than one SM holds (DESIGN.md "Kernels"). Each chunk
+step streams the state through registers in tiles of BE hidden units (rows of W1, columns of W2):
+pass 1 reads the state once for the retrieval o = M_{W_c}(q) and the error e = M_{W_c}(k) - v, pass 2
+reads it again with S and writes the updated state in place:
+    W_{c+1} = A W_c + G S_c - (c * g)^T h,    S_{c+1} = E S_c - (m theta * g)^T h
+with (g, h) the per-token gradient factors of each layer (README.md). Gate coefficients are computed in
+the kernel from the chunk's gates, in log space, with the same clamp as common.chunk_gate_coefficients.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# smallest normal float32, the clamp of common.chunk_gate_coefficients for float32 gates
+TINY = tl.constexpr(1.1754943508222875e-38)
+INV_SQRT2 = tl.constexpr(0.7071067811865476)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+
+
+@triton.jit
+def _mm(a, b, BF16: tl.constexpr, PREC: tl.constexpr):
+    """a @ b with float32 accumulation; bf16 operands on the fast path, else float32 at PREC."""
+    if BF16:
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    else:
+        out = tl.dot(a, b, input_precision=PREC)
+    return out
+
+
+@triton.jit
+def _act(z, ACT: tl.constexpr):
+    """act(z), act'(z), act''(z); ACT 0 = silu, 1 = exact (erf) gelu."""
+    if ACT == 0:
+        s = tl.sigmoid(z)
+        h = z * s
+        d1 = s * (1.0 + z * (1.0 - s))
+        d2 = s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
+    else:
+        cdf = 0.5 * (1.0 + tl.math.erf(z * INV_SQRT2))
+        pdf = tl.exp(-0.5 * z * z) * INV_SQRT_2PI
+        h = z * cdf
+        d1 = cdf + z * pdf
+        d2 = pdf * (2.0 - z * z)
+    return h, d1, d2
+
+
+@triton.jit
+def _load_gates(p_theta, p_eta, p_alpha, stride, n, BT: tl.constexpr):
+    """theta and the log gates of one chunk, [BT]; rows >= n (tail padding) get theta = 0, logs = 0."""
+    o_t = tl.arange(0, BT)
+    m_t = o_t < n
+    theta = tl.load(p_theta + o_t * stride, mask=m_t, other=0.0).to(tl.float32)
+    eta = tl.load(p_eta + o_t * stride, mask=m_t, other=1.0).to(tl.float32)
+    alpha = tl.load(p_alpha + o_t * stride, mask=m_t, other=0.0).to(tl.float32)
+    log_a = tl.where(m_t, tl.log(tl.maximum(1.0 - alpha, TINY)), 0.0)
+    log_e = tl.where(m_t, tl.log(tl.maximum(eta, TINY)), 0.0)
+    return theta, eta, alpha, log_a, log_e
+
+
+@triton.jit
+def _gate_terms(log_a, log_e, n, BT: tl.constexpr):
+    """Products of DESIGN.md for one chunk, each from a masked sum (no difference of prefix sums).
+
+    Returns f [BT, BT] with f[i, t] = prod_{j>t} a_j prod_{i<j<=t} eta_j for i <= t < n (else 0),
+    m[i] = prod_{j>i} eta_j, g[t] = prod_{j>t} a_j prod_{j<=t} eta_j (0 for t >= n), A, E.
+    """
+    o_t = tl.arange(0, BT)
+    row = o_t[:, None]
+    col = o_t[None, :]
+    after = col > row
+    suf_a = tl.sum(tl.where(after, log_a[None, :], 0.0), axis=1)
+    suf_e = tl.sum(tl.where(after, log_e[None, :], 0.0), axis=1)
+    pre_e = tl.sum(tl.where(after, 0.0, log_e[None, :]), axis=1)
+    seg_e = tl.cumsum(tl.where(after, log_e[None, :], 0.0), axis=1)
+    m_f = (col >= row) & (col < n)
+    f = tl.where(m_f, tl.exp(suf_a[None, :] + seg_e), 0.0)
+    m = tl.exp(suf_e)
+    g = tl.where(o_t < n, tl.exp(suf_a + pre_e), 0.0)
+    A = tl.exp(tl.sum(log_a, axis=0))
+    E = tl.exp(tl.sum(log_e, axis=0))
+    return f, m, g, A, E
+
+
+@triton.jit
+def _chunk_coeffs(p_theta, p_eta, p_alpha, stride, n, BT: tl.constexpr):
+    """(c, m theta) per token [BT] and A, E, G for one chunk (DESIGN.md)."""
+    theta, eta, alpha, log_a, log_e = _load_gates(p_theta, p_eta, p_alpha, stride, n, BT)
+    f, m, g, A, E = _gate_terms(log_a, log_e, n, BT)
+    return theta * tl.sum(f, axis=1), theta * m, A, E, tl.sum(g, axis=0)
+
+
+@triton.jit
+def _load_rows(p, n, D: tl.constexpr, BT: tl.constexpr, stride):
+    """[BT, D] block of token rows (row stride `stride`) in the input dtype, zeros past row n."""
+    o_t = tl.arange(0, BT)
+    o_d = tl.arange(0, D)
+    ptrs = p + o_t[:, None].to(tl.int64) * stride + o_d[None, :]
+    return tl.load(ptrs, mask=(o_t < n)[:, None], other=0.0)
+
+
+@triton.jit
+def _store_rows(p, x, n, D: tl.constexpr, BT: tl.constexpr, stride):
+    o_t = tl.arange(0, BT)
+    o_d = tl.arange(0, D)
+    ptrs = p + o_t[:, None].to(tl.int64) * stride + o_d[None, :]
+    tl.store(ptrs, x.to(p.dtype.element_ty), mask=(o_t < n)[:, None])
+
+
+@triton.jit
+def _tile_offs(j, C: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, ROWS: tl.constexpr):
+    """Offsets of a [BR, BC] tile of a row-major matrix with C columns: rows j..j+BR if ROWS, else
+    columns j..j+BC (W1 [HID, D] is tiled by rows, W2 [D, HID] by columns)."""
+    if ROWS:
+        o_r = j + tl.arange(0, BR)
+        o_c = tl.arange(0, BC)
+    else:
+        o_r = tl.arange(0, BR)
+        o_c = j + tl.arange(0, BC)
+    return o_r[:, None] * C + o_c[None, :]
+
+
+@triton.jit
+def _copy_state(p_w1, p_w2, p_s1, p_s2, p_c1, p_c2, p_cs1, p_cs2,
+                D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr, DEPTH: tl.constexpr):
+    """Checkpoint: copy W and S of one chain (depth 1: W1 and S1 only)."""
+    for j in range(0, HID, BE):
+        o_1 = _tile_offs(j, D, BE, D, True)
+        tl.store(p_c1 + o_1, tl.load(p_w1 + o_1))
+        tl.store(p_cs1 + o_1, tl.load(p_s1 + o_1))
+        if DEPTH == 2:
+            o_2 = _tile_offs(j, HID, D, BE, False)
+            tl.store(p_c2 + o_2, tl.load(p_w2 + o_2))
+            tl.store(p_cs2 + o_2, tl.load(p_s2 + o_2))
+
+
+@triton.jit
+def _load_cols(p, j, n, BT: tl.constexpr, BE: tl.constexpr, stride):
+    """[BT, BE] float32 block of token rows, columns j..j+BE, zeros past row n."""
+    o_t = tl.arange(0, BT)
+    o_e = j + tl.arange(0, BE)
+    ptrs = p + o_t[:, None].to(tl.int64) * stride + o_e[None, :]
+    return tl.load(ptrs, mask=(o_t < n)[:, None], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_cols(p, x, j, n, BT: tl.constexpr, BE: tl.constexpr, stride):
+    o_t = tl.arange(0, BT)
+    o_e = j + tl.arange(0, BE)
+    ptrs = p + o_t[:, None].to(tl.int64) * stride + o_e[None, :]
+    tl.store(ptrs, x.to(p.dtype.element_ty), mask=(o_t < n)[:, None])
+
+
+@triton.jit
+def _matrix_fwd_step(p_w, p_s, p_wn, p_sn, b_q, b_k, p_v, p_o, stride, n, c, wm, A, E, G,
+                     D: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr, BF16: tl.constexpr,
+                     PREC: tl.constexpr, RETRIEVE: tl.constexpr):
+    """Depth 1 (M(x) = W x): the output rows of W are independent, so one pass over row tiles.
+
+    Writes o = q W^T (when RETRIEVE) and moves the state from (p_w, p_s) to (p_wn, p_sn).
+    """
+    for j in range(0, D, BE):
+        o_w = _tile_offs(j, D, BE, D, True)
+        b_w = tl.load(p_w + o_w)
+        b_s = tl.load(p_s + o_w)
+        if RETRIEVE:
+            _store_cols(p_o, _mm(b_q, tl.trans(b_w), BF16, PREC), j, n, BT, BE, stride)
+        e = _mm(b_k, tl.trans(b_w), BF16, PREC) - _load_cols(p_v, j, n, BT, BE, stride)
+        u_c = _mm(tl.trans(c[:, None] * e), b_k, BF16, PREC)
+        u_m = _mm(tl.trans(wm[:, None] * e), b_k, BF16, PREC)
+        tl.store(p_wn + o_w, A * b_w + G * b_s - u_c)
+        tl.store(p_sn + o_w, E * b_s - u_m)
+
+
+@triton.jit
+def _mlp_fwd_step(p_w1, p_w2, p_s1, p_s2, p_w1n, p_w2n, p_s1n, p_s2n, b_q, b_k, b_v, p_o, stride, n,
+                  c, wm, A, E, G, D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
+                  ACT: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr, RETRIEVE: tl.constexpr):
+    """Depth 2 (M(x) = x + W2 act(W1 x)) over hidden tiles j of BE units: W1 rows, W2 columns.
+
+    Pass 1 gives o = q + act(q W1^T) W2^T (written when RETRIEVE) and the error e = M(k) - v; pass 2
+    the gradient factors g2 = e, h2 = act(z), g1 = (e W2) * act'(z), h1 = k, and the update.
+    """
+    acc_o = tl.zeros([BT, D], dtype=tl.float32)
+    acc_y = tl.zeros([BT, D], dtype=tl.float32)
+    for j in range(0, HID, BE):
+        b_w1 = tl.load(p_w1 + _tile_offs(j, D, BE, D, True))
+        b_w2 = tl.load(p_w2 + _tile_offs(j, HID, D, BE, False))
+        if RETRIEVE:
+            hq, _, _ = _act(_mm(b_q, tl.trans(b_w1), BF16, PREC), ACT)
+            acc_o += _mm(hq, tl.trans(b_w2), BF16, PREC)
+        hk, _, _ = _act(_mm(b_k, tl.trans(b_w1), BF16, PREC), ACT)
+        acc_y += _mm(hk, tl.trans(b_w2), BF16, PREC)
+    if RETRIEVE:
+        _store_rows(p_o, b_q.to(tl.float32) + acc_o, n, D, BT, stride)
+    o_t = tl.arange(0, BT)
+    e = tl.where((o_t < n)[:, None], b_k.to(tl.float32) + acc_y - b_v.to(tl.float32), 0.0)
+    ce = c[:, None] * e
+    we = wm[:, None] * e
+    for j in range(0, HID, BE):
+        o_1 = _tile_offs(j, D, BE, D, True)
+        o_2 = _tile_offs(j, HID, D, BE, False)
+        b_w1 = tl.load(p_w1 + o_1)
+        b_w2 = tl.load(p_w2 + o_2)
+        b_s1 = tl.load(p_s1 + o_1)
+        b_s2 = tl.load(p_s2 + o_2)
+        hk, d1, _ = _act(_mm(b_k, tl.trans(b_w1), BF16, PREC), ACT)
+        g1 = _mm(e, b_w2, BF16, PREC) * d1
+        u1c = _mm(tl.trans(c[:, None] * g1), b_k, BF16, PREC)
+        u1m = _mm(tl.trans(wm[:, None] * g1), b_k, BF16, PREC)
+        u2c = _mm(tl.trans(ce), hk, BF16, PREC)
+        u2m = _mm(tl.trans(we), hk, BF16, PREC)
+        tl.store(p_w1n + o_1, A * b_w1 + G * b_s1 - u1c)
+        tl.store(p_s1n + o_1, E * b_s1 - u1m)
+        tl.store(p_w2n + o_2, A * b_w2 + G * b_s2 - u2c)
+        tl.store(p_s2n + o_2, E * b_s2 - u2m)
+
+
+@triton.jit
+def _chain_ptrs(base, i_bh, slot, n_slots, SIZE: tl.constexpr):
+    """Start of one chain's matrix in a [B*H, n_slots, out, in] buffer (int64: buffers pass 2^31)."""
+    return base + (i_bh.to(tl.int64) * n_slots + slot) * SIZE
+
+
+@triton.jit(do_not_specialize=["T", "CK_EVERY", "N_CK"])
+def titans_memory_fwd_kernel(
+    q, k, v, theta, eta, alpha, o, w1, w2, s1, s2, ck_w1, ck_w2, ck_s1, ck_s2, T, CK_EVERY, N_CK,
+    H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr,
+    BE: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr,
+    SAVE: tl.constexpr,
+):
+    """One program per (batch, head) chain walks the chunks in order; the state [B*H, out, in] is
+    updated in place (initial state in, final state out). With SAVE the state at the start of chunks
+    0, CK_EVERY, 2 CK_EVERY, ... goes to checkpoint slot i_c // CK_EVERY for the backward."""
+    i_bh = tl.program_id(0)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    p_w1 = _chain_ptrs(w1, i_bh, 0, 1, HID * D)
+    p_s1 = _chain_ptrs(s1, i_bh, 0, 1, HID * D)
+    p_w2 = _chain_ptrs(w2, i_bh, 0, 1, HID * D)
+    p_s2 = _chain_ptrs(s2, i_bh, 0, 1, HID * D)
+    for i_c in range(0, tl.cdiv(T, CS)):
+        t0 = i_c * CS
+        n = tl.minimum(CS, T - t0)
+        tok = (i_b.to(tl.int64) * T + t0) * H + i_h
+        if SAVE:
+            if i_c % CK_EVERY == 0:
+                slot = i_c // CK_EVERY
+                _copy_state(p_w1, p_w2, p_s1, p_s2,
+                            _chain_ptrs(ck_w1, i_bh, slot, N_CK, HID * D),
+                            _chain_ptrs(ck_w2, i_bh, slot, N_CK, HID * D),
+                            _chain_ptrs(ck_s1, i_bh, slot, N_CK, HID * D),
+                            _chain_ptrs(ck_s2, i_bh, slot, N_CK, HID * D), D, HID, BE, DEPTH)
+        c, wm, A, E, G = _chunk_coeffs(theta + tok, eta + tok, alpha + tok, H, n, BT)
+        b_q = _load_rows(q + tok * D, n, D, BT, H * D)
+        b_k = _load_rows(k + tok * D, n, D, BT, H * D)
+        if DEPTH == 1:
+            _matrix_fwd_step(p_w1, p_s1, p_w1, p_s1, b_q, b_k, v + tok * D, o + tok * D, H * D, n,
+                             c, wm, A, E, G, D, BE, BT, BF16, PREC, True)
+        else:
+            b_v = _load_rows(v + tok * D, n, D, BT, H * D)
+            _mlp_fwd_step(p_w1, p_w2, p_s1, p_s2, p_w1, p_w2, p_s1, p_s2, b_q, b_k, b_v, o + tok * D,
+                          H * D, n, c, wm, A, E, G, D, HID, BE, BT, ACT, BF16, PREC, True)
+        # the next chunk's loads read what other warps of this program just stored
+        tl.debug_barrier()
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run on the CPU interpreter (TRITON_INTERPRET=1, read at import)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def kernel_config(q: torch.Tensor, hidden: int, chunk_size: int) -> dict:
+    """Block sizes and precision for one call. BT: the chunk's token rows, a power of two >= 16 (tl.dot's
+    minimum). BE: hidden units per state tile; the backward keeps ~20 tiles live, so it takes smaller ones.
+    Float32 inputs use 3xTF32 dots (near-float32 accuracy on the tensor cores; plain TF32 would miss the
+    1e-4 target); bf16/fp16 inputs use bf16 dots with float32 accumulation."""
+    D = q.shape[-1]
+    BT = max(16, triton.next_power_of_2(chunk_size))
+    wide = BT * D > 64 * 64
+    return dict(
+        BT=BT,
+        BE_F=min(hidden, 32 if wide else 64),
+        BE=min(hidden, 16 if wide else 32),
+        BF16=q.dtype != torch.float32,
+        PREC="ieee" if interpreting() else "tf32x3",
+        num_warps=4,
+    )
+
+
+def checkpoint_every(n_chunks: int) -> int:
+    """Chunks per checkpoint segment: ~sqrt(n) balances the checkpoints (n / k states per chain) against
+    the backward's scratch (k states), and k >= 4 keeps the recompute overhead small at short lengths."""
+    return max(4, math.ceil(math.sqrt(n_chunks)))
+
+
+def titans_memory_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor,
+                      eta: torch.Tensor, alpha: torch.Tensor, ws: list[torch.Tensor], ss: list[torch.Tensor],
+                      chunk_size: int, activation: str, save: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Launch the forward. q, k, v [B, T, H, D] and gates [B, T, H] contiguous; ws, ss per layer
+    [B, H, out, in] float32 contiguous, updated in place to the final state.
+
+    Returns o [B, T, H, D] in q's dtype and, when `save`, the checkpoints [W1, W2, S1, S2] (depth 1:
+    [W1, W1, S1, S1]) each [B*H, N_CK, out, in] float32 (else an empty list).
+    """
+    B, T, H, D = q.shape
+    depth = len(ws)
+    hidden = ws[0].shape[-2] if depth == 2 else D
+    cfg = kernel_config(q, hidden, chunk_size)
+    n_chunks = triton.cdiv(T, chunk_size)
+    every = checkpoint_every(n_chunks)
+    n_ck = triton.cdiv(n_chunks, every)
+    w1, w2 = ws[0], ws[-1]
+    s1, s2 = ss[0], ss[-1]
+    ck = [w1, w2, s1, s2]
+    if save:
+        ck = [torch.empty(B * H, n_ck, *x.shape[2:], device=q.device, dtype=torch.float32)
+              for x in ws + ss]
+        if depth == 1:  # the kernel reads layer 2 only for depth 2
+            ck = [ck[0], ck[0], ck[1], ck[1]]
+    o = torch.empty_like(q)
+    titans_memory_fwd_kernel[(B * H,)](
+        q, k, v, theta, eta, alpha, o, w1, w2, s1, s2, *ck, T, every, n_ck,
+        H=H, D=D, HID=hidden, CS=chunk_size, BT=cfg["BT"], BE=cfg["BE_F"], DEPTH=depth,
+        ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"], SAVE=save,
+        num_warps=cfg["num_warps"],
+    )
+    return o, ck if save else []

@@ -1,0 +1,167 @@
+"""`TitansMemory`: the neural long-term memory layer (projections, convs, gates, output) around the op.
+
+The layer owns everything learned in the outer loop; the inner loop (test-time gradient descent with momentum
+and forgetting) is the `titans_memory` op in `titans_dna.kernels.titans_memory` (DESIGN.md, "Neural
+long-term memory"). Shapes: inputs [B, T, d_model]; per-head tensors [B, T, H, D]; gates [B, T, H].
+
+Streams: a sequence may arrive in pieces. The layer itself is stateless; callers pass the previous stream
+inputs (`conv_tail`, the last conv_width - 1 rows, zeros at the start) and the op state at the boundary
+where the piece starts, and get both back. The convolution is causal in both modes: bidirectional (MLM)
+context comes from attention and from reading the memory after the segment, and a causal conv keeps
+segment-aligned MLM streaming exact.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from titans_dna.kernels.titans_memory import MemoryState, titans_memory
+from titans_dna.model.config import TitansConfig
+from titans_dna.model.layers import RMSNorm, depthwise_conv, keep_tail, l2norm
+
+# Gates stay this far from 0 and 1 (DESIGN.md): sigmoid saturates to exactly 1.0 in float32 near x = 17,
+# and a forgetting gate of 1 or a momentum of 0 would make the op's log-space products degenerate.
+GATE_EPS = 1e-6
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+class MemoryInputs(NamedTuple):
+    """What the op consumes: q, k, v [B, T, H, D] (q, k unit norm) and gates theta, eta, alpha [B, T, H]."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    theta: Tensor
+    eta: Tensor
+    alpha: Tensor
+
+    def span(self, start: int, stop: int) -> MemoryInputs:
+        return MemoryInputs(*(t[:, start:stop] for t in self))
+
+
+class TitansMemory(nn.Module):
+    """Multi-head neural memory: q/k/v = SiLU(causal depthwise conv(x W)), l2norm on q and k, per-token
+    per-head gates, a learned initial memory W_0, and an output RMSNorm per head followed by W_O.
+    """
+
+    def __init__(self, config: TitansConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, H, D = config.d_model, config.n_heads, config.head_dim
+        self.q_proj = nn.Linear(d, H * D, bias=False)
+        self.k_proj = nn.Linear(d, H * D, bias=False)
+        self.v_proj = nn.Linear(d, H * D, bias=False)
+        # depthwise conv weights [channels, 1, width], PyTorch's Conv1d default init (fan_in = width)
+        bound = 1.0 / math.sqrt(config.conv_width)
+        self.conv_q, self.conv_k, self.conv_v = (
+            nn.Parameter(torch.empty(H * D, 1, config.conv_width).uniform_(-bound, bound)) for _ in range(3))
+        # theta, eta, alpha logits per head; the biases start the gates where DESIGN.md says: theta at
+        # theta_max / 10, eta at 0.9, alpha at 0.01 (sigmoid(0) = 0.5 would halve the memory every token).
+        self.gates = nn.Linear(d, 3 * H)
+        with torch.no_grad():
+            self.gates.weight.normal_(0.0, 0.02)
+            self.gates.bias.copy_(torch.tensor([_logit(0.1), _logit(0.9), _logit(0.01)]).repeat_interleave(H))
+        self.weights = nn.ParameterList(_initial_memory(H, D, config.memory_depth, config.memory_expansion))
+        self.norm = RMSNorm(H, D)
+        self.out_proj = nn.Linear(H * D, d, bias=False)
+
+    # ---- features of a stream ---------------------------------------------------------------------------
+    def _conv_silu(self, proj: nn.Linear, weight: Tensor, x: Tensor, tail: Tensor | None) -> Tensor:
+        B, T, _ = x.shape
+        if tail is None:  # start of the stream: zero inputs before it (projections have no bias)
+            tail = x.new_zeros(B, self.config.conv_width - 1, x.shape[-1])
+        y = F.silu(depthwise_conv(proj(torch.cat([tail, x], dim=1)), weight))
+        return y.view(B, T, self.config.n_heads, self.config.head_dim)
+
+    def conv_tail(self, tail: Tensor | None, x: Tensor) -> Tensor:
+        """The conv tail after the stream has also seen x: its last conv_width - 1 inputs [B, w - 1, d]."""
+        if tail is None:
+            tail = x.new_zeros(x.shape[0], self.config.conv_width - 1, x.shape[-1])
+        return keep_tail(tail, x, self.config.conv_width - 1)
+
+    def query(self, x: Tensor, tail: Tensor | None) -> Tensor:
+        """Unit-norm queries [B, T, H, D] of x [B, T, d] (MAC reads its segment input with these)."""
+        return l2norm(self._conv_silu(self.q_proj, self.conv_q, x, tail))
+
+    def features(self, x: Tensor, mask: Tensor, tail: Tensor | None) -> MemoryInputs:
+        """q, k, v and gates of x [B, T, d]; padding (mask False) gets theta = eta = alpha = 0: no write."""
+        H = self.config.n_heads
+        q = self.query(x, tail)
+        k = l2norm(self._conv_silu(self.k_proj, self.conv_k, x, tail))
+        v = self._conv_silu(self.v_proj, self.conv_v, x, tail)
+        gates = torch.sigmoid(self.gates(x)).clamp(GATE_EPS, 1.0 - GATE_EPS) * mask.unsqueeze(-1).to(x.dtype)
+        theta, eta, alpha = gates[..., :H], gates[..., H: 2 * H], gates[..., 2 * H:]
+        return MemoryInputs(q, k, v, self.config.theta_max * theta, eta, alpha)
+
+    # ---- the op -----------------------------------------------------------------------------------------
+    def write(self, inputs: MemoryInputs, memory: MemoryState | None) -> tuple[Tensor, MemoryState]:
+        """Run the op from `memory` (None: W_0, S = 0): chunk-causal reads o [B, T, H, D] and the state
+        after the last token."""
+        c = self.config
+        o, state = titans_memory(*inputs, list(self.weights), initial_state=memory, chunk_size=c.chunk_size,
+                                 activation=c.memory_activation, output_final_state=True,
+                                 backend=c.memory_backend)
+        return o, state
+
+    def read(self, q: Tensor, memory: MemoryState | None) -> Tensor:
+        """M_W(q) [B, T, H, D] for the weights of `memory`, leaving it unchanged.
+
+        The op with zero gates and zero momentum writes nothing, so every chunk reads W exactly; going
+        through the op (not a copy of its MLP) keeps one definition of the memory and its fast paths.
+        """
+        c = self.config
+        zeros = q.new_zeros(q.shape[:3])
+        if memory is not None:
+            memory = (memory[0], tuple(torch.zeros_like(s) for s in memory[1]))
+        o, _ = titans_memory(q, q, q, zeros, zeros, zeros, list(self.weights), initial_state=memory,
+                             chunk_size=c.chunk_size, activation=c.memory_activation,
+                             output_final_state=False, backend=c.memory_backend)
+        return o
+
+    def readout(self, o: Tensor) -> Tensor:
+        """Per-head RMSNorm then W_O: [B, T, H, D] -> [B, T, d_model]."""
+        return self.out_proj(self.norm(o).flatten(-2))
+
+    def forward(self, x: Tensor, mask: Tensor, conv_tail: Tensor | None = None,
+                memory: MemoryState | None = None) -> tuple[Tensor, Tensor, MemoryState]:
+        """The memory as a layer (LMM) on a span that starts at a chunk (causal) or segment boundary.
+
+        Causal: token t reads the weights at the start of its chunk. Bidirectional: each segment is written
+        first, then every token of it reads the memory after the whole segment (M_s).
+
+        Args:
+            x: [B, T, d_model]; mask: [B, T] bool (False = padding).
+            conv_tail, memory: the stream's state where x starts (None = start of stream).
+        Returns:
+            output [B, T, d_model], the conv tail and the op state after x.
+        """
+        inputs = self.features(x, mask, conv_tail)
+        if self.config.causal:
+            o, memory = self.write(inputs, memory)
+        else:
+            outs = []
+            for start in range(0, x.shape[1], self.config.segment_len):
+                segment = inputs.span(start, start + self.config.segment_len)
+                _, memory = self.write(segment, memory)
+                outs.append(self.read(segment.q, memory))
+            o = torch.cat(outs, dim=1)
+        return self.readout(o), self.conv_tail(conv_tail, x), memory
+
+
+def _initial_memory(H: int, D: int, depth: int, expansion: int) -> list[nn.Parameter]:
+    """Learned W_0 per layer ([H, out, in], `out = x W^T`): depth 1 [H, D, D]; deeper [H, E, D],
+    [H, E, E]..., [H, D, E] with E = D * expansion. Fan-in scaled so M(k) starts at the scale of k."""
+    if depth == 1:
+        shapes = [(D, D)]
+    else:
+        E = D * expansion
+        shapes = [(E, D)] + [(E, E)] * (depth - 2) + [(D, E)]
+    return [nn.Parameter(torch.randn(H, out, inp) / math.sqrt(inp)) for out, inp in shapes]

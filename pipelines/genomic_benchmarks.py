@@ -51,7 +51,7 @@ def available_tasks(overrides: list[str]) -> tuple[list[str], list[str]]:
 def model_overrides(model: str, init: str | None, preset: str) -> list[str] | None:
     """Hydra overrides selecting one of MODELS (None: not runnable, e.g. pretrained without --init)."""
     if model == "titans-pretrained":
-        return [f"init={init}", f"model={preset}"] if init else None
+        return [f"init={init}"] if init else None
     if model == "titans-scratch":
         return [f"model={preset}"]
     return ["model=cnn_baseline" if model == "cnn" else "model=kmer_logreg"]

@@ -55,6 +55,9 @@ def test_h5_dataset_workers_rc_and_pickle(data_dir, tmp_path, seed):
     batches = [b for b in DataLoader(ds, batch_size=16, num_workers=2)]
     again = [b for b in DataLoader(pickle.loads(pickle.dumps(ds)), batch_size=16, num_workers=0)]
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again, strict=True))
+    picks = [40, 3, 40, 177]  # unsorted, repeated: the batched read must keep order and duplicates
+    for one, many in zip((ds[i] for i in picks), ds.__getitems__(picks), strict=True):
+        assert torch.equal(one["input_ids"], many["input_ids"]) and one["strand"] == many["strand"]
     strands = [s for b in batches for s in b["strand"]]
     assert 0.3 < strands.count("-") / len(strands) < 0.7
 

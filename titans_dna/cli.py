@@ -43,11 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _add_model_info(subparsers) -> None:
     p = subparsers.add_parser(
         "model-info", help="parameter counts of a model preset, per component",
-        description="Build a preset (on the meta device, no memory used) and print its parameters per component.",
+        description="Build a preset (on the meta device: no memory used) and print its parameters per "
+        "component.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--preset", choices=("tiny", "small", "base"), default="tiny", help="model size preset")
-    p.add_argument("--block", choices=("mac", "mag", "mal", "lmm"), default="mac", help="Titans block variant")
+    p.add_argument("--block", choices=("mac", "mag", "mal", "lmm"), default="mac", help="Titans block")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_run_model_info)
 
@@ -159,6 +160,43 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     print(f"{summary.path}: {summary.windows:,} windows of {summary.window} tokens; "
           f"{summary.skipped_short} regions shorter than the window skipped, "
           f"{summary.dropped_n} windows over --max-n dropped")
+    return 0
+
+
+def _add_pretrain(subparsers) -> None:
+    p = subparsers.add_parser(
+        "pretrain", help="pretrain a Titans-DNA model on genomes (causal or MLM); torchrun for several GPUs",
+        description="Composes configs/ with the Hydra overrides given (model=small data=human_chr20 "
+        "train.objective=mlm train.max_steps=2000 run_dir=runs/x ...) and trains; the run folder gets the "
+        "resolved config, metrics.csv, TensorBoard logs, loss_curves.png, train_state.pt (train.resume=true "
+        "continues it exactly) and checkpoint/ (the weights). Several GPUs: torchrun --nproc_per_node=N "
+        "-m titans_dna.cli pretrain ...",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides (see configs/)")
+    p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
+    p.set_defaults(run=_run_pretrain)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    import os
+
+    from omegaconf import OmegaConf
+
+    from titans_dna.train.configs import compose_config
+
+    cfg = compose_config(args.overrides)
+    if args.print_config:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    from titans_dna.train.pretrain import pretrain
+
+    summary = pretrain(cfg)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{summary['steps']} steps, {summary['tokens']:,} tokens: "
+              f"train loss {summary['train_loss']:.4f}, valid loss {summary['valid_loss']:.4f} "
+              f"(perplexity {summary['valid_ppl']:.3f})")
+        print(f"run folder: {summary['run_dir']}\nweights: {summary['checkpoint']}")
     return 0
 
 
@@ -383,8 +421,8 @@ def _run_score_variants(args: argparse.Namespace) -> int:
 
 
 # Registrars, in the order `--help` lists them; helpers append their `_add_<name>` functions here.
-_SUBCOMMANDS: list = [_add_info, _add_preprocess, _add_model_info, _add_finetune, _add_evaluate, _add_embed,
-                     _add_predict, _add_score, _add_score_variants]
+_SUBCOMMANDS: list = [_add_info, _add_preprocess, _add_model_info, _add_pretrain, _add_finetune,
+                     _add_evaluate, _add_embed, _add_predict, _add_score, _add_score_variants]
 
 if __name__ == "__main__":
     sys.exit(main())

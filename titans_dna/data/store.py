@@ -25,7 +25,7 @@ from titans_dna.data.bed import Interval, SequenceSource, check_intervals, read_
 from titans_dna.data.genome import Genome
 from titans_dna.data.token_store import sha256_file
 from titans_dna.data.tokenizer import N_ID, TOKENIZER_VERSION, reverse_complement_ids
-from titans_dna.data.windows import GenomeCollection, WindowDataset, make_item, whole_records
+from titans_dna.data.windows import GenomeCollection, ItemRandom, WindowDataset, make_item, whole_records
 
 Window = tuple[np.ndarray, np.ndarray, str, int, str]  # ids [<=L], soft_mask [<=L], chrom, start, strand
 _BATCH = 1024
@@ -249,11 +249,25 @@ class H5WindowDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self._len:
             raise IndexError(f"window index {index} out of range [0, {self._len})")
-        ids_ds, mask_ds, meta = self._open()
+        ids_ds, mask_ds, _ = self._open()
+        return self._item(index, ids_ds[index], mask_ds[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """A batch in one read per dataset (DataLoader calls this when present): far fewer h5py calls."""
+        rows = np.unique(np.asarray(indices, dtype=np.int64))  # h5py wants increasing, unique indices
+        if rows.size and (rows[0] < 0 or rows[-1] >= self._len):
+            raise IndexError(f"window indices must lie in [0, {self._len})")
+        ids_ds, mask_ds, _ = self._open()
+        ids, mask = ids_ds[rows], mask_ds[rows]
+        where = {int(index): row for row, index in enumerate(rows)}
+        return [self._item(int(i), ids[where[int(i)]], mask[where[int(i)]]) for i in indices]
+
+    def _item(self, index: int, ids: np.ndarray, mask: np.ndarray) -> dict:
+        meta = self._meta
         n = int(meta["length"][index])
-        ids, mask = ids_ds[index][:n], mask_ds[index][:n]
+        ids, mask = ids[:n], mask[:n]
         strand = meta["strand"][index].decode()
-        if self.rc_prob and np.random.default_rng((self.seed, self.epoch, index)).random() < self.rc_prob:
+        if self.rc_prob and ItemRandom(self.seed, self.epoch, index).random() < self.rc_prob:
             ids, mask, strand = reverse_complement_ids(ids), mask[::-1], "-" if strand == "+" else "+"
         chrom = self.chroms[int(meta["chrom_index"][index])]
         return make_item(ids, mask, chrom, int(meta["start"][index]), strand, self.window)

@@ -22,7 +22,7 @@ from titans_dna.data.fasta import iter_records
 from titans_dna.data.genome import resolve_record
 from titans_dna.data.tokenizer import TOKENIZER_VERSION, encode, reverse_complement_ids
 
-_MASK_BIT = np.uint8(0x80)
+_MASK_BIT, _ID_BITS = np.uint8(0x80), np.uint8(0x7F)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -118,7 +118,7 @@ class TokenStore:
         if not 0 <= start <= end <= length or strand not in ("+", "-"):
             raise ValueError(f"{self.name}: bad interval {chrom}:{start}-{end} ({strand}); length {length}")
         raw = self.data[self.offsets[chrom] + start : self.offsets[chrom] + end]
-        ids, mask = raw & ~_MASK_BIT, raw >= _MASK_BIT
+        ids, mask = raw & _ID_BITS, raw >= _MASK_BIT
         if strand == "-":
             return reverse_complement_ids(ids), mask[::-1].copy()
         return ids, mask
@@ -141,7 +141,7 @@ class TokenStore:
         # A strided view of all windows, indexed by row: one memcpy per window, no [n, L] index array.
         raw = np.lib.stride_tricks.sliding_window_view(self.data, window)[offsets[record] + start]
         return {
-            "input_ids": raw & ~_MASK_BIT,
+            "input_ids": raw & _ID_BITS,
             "soft_mask": raw >= _MASK_BIT,
             "record": record,
             "start": start,

@@ -29,9 +29,7 @@ for _char, _id in (("A", A_ID), ("C", C_ID), ("G", G_ID), ("T", T_ID), ("N", N_I
     _ENCODE_LUT[ord(_char)] = _ENCODE_LUT[ord(_char.lower())] = _id
 for _char in IUPAC_AMBIGUOUS:
     _ENCODE_LUT[ord(_char)] = _ENCODE_LUT[ord(_char.lower())] = N_ID
-_LOWER_LUT = np.zeros(256, dtype=bool)
-_LOWER_LUT[[ord(c) for c in "acgtn" + IUPAC_AMBIGUOUS.lower()]] = True
-_ENCODE_TABLE, _LOWER_TABLE = _ENCODE_LUT.tobytes(), _LOWER_LUT.astype(np.uint8).tobytes()
+_ENCODE_TABLE = _ENCODE_LUT.tobytes()
 _INVALID_BYTE = bytes([_INVALID])
 
 _DECODE_LUT = np.frombuffer(b"???????ACGTN????", dtype=np.uint8)  # specials handled separately
@@ -54,10 +52,12 @@ class InvalidSequenceError(ValueError):
         )
 
 
-def _as_bytes(seq: str | bytes | bytearray | memoryview, source: str, record: str, offset: int) -> bytes:
+def _as_bytes(
+    seq: str | bytes | bytearray | memoryview, source: str, record: str, offset: int
+) -> bytes | bytearray:
     if isinstance(seq, str):
         try:
-            return seq.encode("ascii")
+            return bytearray(seq, "ascii")  # a bytearray translates into a bytearray: writable, no copy
         except UnicodeEncodeError as err:
             raise InvalidSequenceError(source, record, offset + err.start + 1, seq[err.start]) from None
     return bytes(seq)
@@ -85,8 +85,11 @@ def encode(
     first = translated.find(_INVALID_BYTE)
     if first >= 0:
         raise InvalidSequenceError(source, record, offset + first + 1, chr(raw[first]))
-    ids = np.frombuffer(translated, dtype=np.uint8).copy()  # copies: callers may edit ids in place
-    return ids, np.frombuffer(raw.translate(_LOWER_TABLE), dtype=bool).copy()
+    ids = np.frombuffer(translated, dtype=np.uint8)
+    if not ids.flags.writeable:  # bytes input: copy, callers may edit ids in place
+        ids = ids.copy()
+    # Every byte is valid here, and the valid lowercase letters are exactly the bytes >= 'a'.
+    return ids, np.frombuffer(raw, dtype=np.uint8) >= ord("a")
 
 
 def decode(

@@ -33,7 +33,8 @@ class PersistentAttention(nn.Module):
         # [B, T, H * D] -> [B, H, T, D]
         return x.unflatten(-1, (self.config.n_heads, self.config.head_dim)).transpose(1, 2)
 
-    def _attend(self, q: Tensor, q_pos: Tensor, k: Tensor, k_pos: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
+    def _attend(self, q: Tensor, q_pos: Tensor, k: Tensor, k_pos: Tensor, v: Tensor,
+                allowed: Tensor) -> Tensor:
         """Queries q [B, H, Tq, D] at positions q_pos [Tq] over the persistent tokens, then keys/values
         k, v [B, H, Tk, D] at positions k_pos [Tk]; allowed [B|1, 1, Tq, Tk]. Returns [B, Tq, d_model].
 
@@ -51,8 +52,10 @@ class PersistentAttention(nn.Module):
             keys = torch.cat([torch.cat([torch.zeros_like(kp), kp], dim=-1),
                               torch.cat([k, torch.zeros_like(k)], dim=-1)], dim=2)
             prefix = allowed.new_ones(*allowed.shape[:-1], self.config.n_persistent)
-            out = F.scaled_dot_product_attention(torch.cat([q_rot, q], dim=-1), keys, torch.cat([vp, v], dim=2),
-                                                 attn_mask=torch.cat([prefix, allowed], dim=-1), scale=D ** -0.5)
+            out = F.scaled_dot_product_attention(torch.cat([q_rot, q], dim=-1), keys,
+                                                 torch.cat([vp, v], dim=2),
+                                                 attn_mask=torch.cat([prefix, allowed], dim=-1),
+                                                 scale=D ** -0.5)
         return self.o_proj(out.transpose(1, 2).flatten(-2))
 
 
@@ -68,7 +71,8 @@ class MACAttention(PersistentAttention):
         C = x.shape[1]
         pos = torch.arange(C, device=x.device)
         q = self._heads(self.q_proj(x))
-        k, v = self._heads(self.k_proj(torch.cat([h, x], dim=1))), self._heads(self.v_proj(torch.cat([h, x], dim=1)))
+        hx = torch.cat([h, x], dim=1)
+        k, v = self._heads(self.k_proj(hx)), self._heads(self.v_proj(hx))
         eye = torch.eye(C, dtype=torch.bool, device=x.device)
         if self.config.causal:
             seen = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()[None, None]
@@ -103,7 +107,8 @@ class SlidingWindowAttention(PersistentAttention):
             rel = qi[:, None] - kj[None, :]
             allowed = ((rel >= 0) & (rel < c.window))[None, None]
             if not c.causal:
-                allowed = allowed | ((kj >= n + start)[None, None, None, :] & valid[:, None, None, lo:n + stop])
+                same_segment = (kj >= n + start)[None, None, None, :] & valid[:, None, None, lo:n + stop]
+                allowed = allowed | same_segment
             outs.append(self._attend(q[:, :, start:stop], qi - lo, k[:, :, lo:n + stop], kj - lo,
                                      v[:, :, lo:n + stop], allowed))
         return torch.cat(outs, dim=1)

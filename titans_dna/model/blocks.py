@@ -128,7 +128,8 @@ class MAGBlock(_Block):
         a = self.attention(x, mask, state.attn)
         m, conv_x, memory = self.memory(x, mask, state.conv_x, state.memory)
         out = self.attention_norm(a) * torch.sigmoid(self.memory_norm(m))
-        return out, BlockState(memory=memory, conv_x=conv_x, attn=keep_tail(state.attn, x, self.config.window - 1))
+        attn_tail = keep_tail(state.attn, x, self.config.window - 1)
+        return out, BlockState(memory=memory, conv_x=conv_x, attn=attn_tail)
 
 
 class MALBlock(_Block):
@@ -141,7 +142,8 @@ class MALBlock(_Block):
     def _span(self, x: Tensor, mask: Tensor, state: BlockState) -> tuple[Tensor, BlockState]:
         m, conv_x, memory = self.memory(x, mask, state.conv_x, state.memory)
         out = self.attention(m, mask, state.attn)
-        return out, BlockState(memory=memory, conv_x=conv_x, attn=keep_tail(state.attn, m, self.config.window - 1))
+        attn_tail = keep_tail(state.attn, m, self.config.window - 1)
+        return out, BlockState(memory=memory, conv_x=conv_x, attn=attn_tail)
 
 
 class LMMBlock(_Block):

@@ -22,7 +22,7 @@ class TitansConfig:
     block: str = "mac"  # "mac" memory as context | "mag" gate | "mal" layer | "lmm" memory only
     memory_depth: int = 2  # layers of the memory MLP: 1 = matrix memory, 2..4 = residual MLP
     memory_expansion: int = 2  # memory MLP hidden width = head_dim * memory_expansion
-    memory_activation: str = "silu"  # smooth activation of the memory MLP ("silu" or "gelu"): backward needs act''
+    memory_activation: str = "silu"  # "silu" or "gelu": smooth, the outer backward needs act''''
     chunk_size: int = 64  # tokens that share the chunk-start memory weights (1 = exact per-token recurrence)
     segment_len: int = 256  # MAC segment C (a multiple of chunk_size); also the MLM visibility unit
     n_persistent: int = 16  # learned persistent tokens prefixed to every attention
@@ -51,8 +51,8 @@ class TitansConfig:
         if self.head_dim % 2:
             errors.append(f"head_dim must be even for rotary embeddings (got {self.head_dim})")
         if self.segment_len % self.chunk_size:
-            errors.append(f"segment_len must be a multiple of chunk_size (got segment_len={self.segment_len}, "
-                          f"chunk_size={self.chunk_size})")
+            errors.append(f"segment_len must be a multiple of chunk_size (got segment_len="
+                          f"{self.segment_len}, chunk_size={self.chunk_size})")
         if self.block not in BLOCKS:
             errors.append(f"block must be one of {BLOCKS} (got {self.block!r})")
         if self.memory_activation not in ACTIVATIONS:
@@ -89,7 +89,7 @@ class TitansConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TitansConfig:
-        """Inverse of `to_dict`; unknown keys are an error (a typo must not silently fall back to a default)."""
+        """Inverse of `to_dict`; unknown keys are an error (a typo must not fall back to a default)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

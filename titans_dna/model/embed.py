@@ -29,11 +29,18 @@ def read_sequences(seqs: str | os.PathLike | Sequence[str]) -> list[str]:
 
     A plain string is a path only if a file of that name exists; otherwise it is the sequence itself.
     """
-    if isinstance(seqs, os.PathLike) or (isinstance(seqs, str) and Path(seqs).is_file()):
+    if isinstance(seqs, os.PathLike) or (isinstance(seqs, str) and _is_file(seqs)):
         return [seq for _, seq in iter_records(seqs)]
     if isinstance(seqs, str):
         return [seqs]
     return list(seqs)
+
+
+def _is_file(name: str) -> bool:
+    try:
+        return Path(name).is_file()
+    except OSError:  # a long sequence is not a valid file name (ENAMETOOLONG)
+        return False
 
 
 class _Pooler:

@@ -43,7 +43,7 @@ def pool(hidden: Tensor, mask: Tensor | None, how: str) -> Tensor:
 
 
 def reverse_complement_batch(input_ids: Tensor, mask: Tensor) -> Tensor:
-    """Reverse complement of each right-padded row's valid part, padding kept at the right. [B, T] -> [B, T]."""
+    """Reverse complement of each right-padded row's valid part, padding kept at the right: [B, T]."""
     T = input_ids.shape[1]
     rc = reverse_complement_ids(input_ids)  # the whole row flips, so its padding moves to the left ...
     shift = (~mask).sum(1, keepdim=True)
@@ -67,11 +67,14 @@ class SequenceClassifier(nn.Module):
         self.backbone = backbone
         self.pooling = pooling
         self.rc_conjoin = rc_conjoin
-        self.head = nn.Linear(backbone.config.d_model, num_classes)
+        self.head = nn.Linear(backbone.config.d_model, num_classes, device=backbone.device,
+                              dtype=backbone.dtype)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """input_ids [B, T] long, attention_mask [B, T] bool (right padding) -> logits [B, num_classes]."""
-        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        mask = attention_mask.bool()
         if self.rc_conjoin:
             input_ids = torch.cat([input_ids, reverse_complement_batch(input_ids, mask)])
             mask = torch.cat([mask, mask])

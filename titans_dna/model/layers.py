@@ -43,9 +43,16 @@ def depthwise_conv(x: Tensor, weight: Tensor) -> Tensor:
     """Valid depthwise convolution along time: x [B, T, C], weight [C, 1, w] -> [B, T - w + 1, C].
 
     The caller prepends the w - 1 previous inputs (the stream's tail), which makes the convolution causal and
-    lets a stream continue exactly where the last piece stopped.
+    lets a stream continue exactly where the last piece stopped. Written as w shifted multiply-adds: the
+    kernel is tiny, and this beats F.conv1d's depthwise path on CPU by an order of magnitude.
     """
-    return F.conv1d(x.transpose(1, 2), weight, groups=x.shape[-1]).transpose(1, 2)
+    w = weight.shape[-1]
+    T = x.shape[1] - w + 1
+    taps = weight[:, 0, :]  # [C, w]
+    out = x[:, :T] * taps[:, 0]
+    for k in range(1, w):
+        out = out + x[:, k:k + T] * taps[:, k]
+    return out
 
 
 def keep_tail(tail: Tensor | None, x: Tensor, n: int) -> Tensor:

@@ -76,7 +76,8 @@ class TitansDNA(nn.Module):
         nn.init.normal_(self.embedding.weight, std=0.02)
         self.layers = nn.ModuleList(TitansLayer(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model)
-        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = (None if config.tie_embeddings
+                        else nn.Linear(config.d_model, config.vocab_size, bias=False))
 
     @property
     def device(self) -> torch.device:
@@ -86,8 +87,8 @@ class TitansDNA(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embedding.weight.dtype
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, state: ModelState | None = None,
-                return_state: bool = False) -> TitansOutput:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                state: ModelState | None = None, return_state: bool = False) -> TitansOutput:
         """Args:
             input_ids: [B, T] long token ids.
             attention_mask: [B, T] bool, True on tokens, False on right padding (None: no padding).
@@ -96,8 +97,8 @@ class TitansDNA(nn.Module):
         Returns:
             `TitansOutput` with hidden_states [B, T, d_model], logits [B, T, vocab_size] and the state.
         """
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [B, T]; got shape {tuple(input_ids.shape)}")
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [B, T] with T >= 1; got shape {tuple(input_ids.shape)}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         elif attention_mask.shape != input_ids.shape:
@@ -153,7 +154,8 @@ class TitansDNA(nn.Module):
         atomic_write_text(directory / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, path_or_name: str | os.PathLike, device: str | torch.device = "cpu") -> TitansDNA:
+    def from_pretrained(cls, path_or_name: str | os.PathLike,
+                        device: str | torch.device = "cpu") -> TitansDNA:
         """Load a model saved by `save_pretrained`: a directory, or the name of one shipped in
         titans_dna/pretrained/. Weights keep the dtype they were saved in."""
         directory = Path(path_or_name)

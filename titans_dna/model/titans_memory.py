@@ -97,7 +97,10 @@ class TitansMemory(nn.Module):
         q = self.query(x, tail)
         k = l2norm(self._conv_silu(self.k_proj, self.conv_k, x, tail))
         v = self._conv_silu(self.v_proj, self.conv_v, x, tail)
-        gates = torch.sigmoid(self.gates(x)).clamp(GATE_EPS, 1.0 - GATE_EPS) * mask.unsqueeze(-1).to(x.dtype)
+        logits = self.gates(x)
+        if logits.dtype in (torch.float16, torch.bfloat16):  # 1 - GATE_EPS rounds to 1 in half precision
+            logits = logits.float()
+        gates = torch.sigmoid(logits).clamp(GATE_EPS, 1.0 - GATE_EPS) * mask.unsqueeze(-1).to(logits.dtype)
         theta, eta, alpha = gates[..., :H], gates[..., H: 2 * H], gates[..., 2 * H:]
         return MemoryInputs(q, k, v, self.config.theta_max * theta, eta, alpha)
 

@@ -79,9 +79,9 @@ def _matrix_bwd_step(p_w, p_s, p_dw, p_ds, b_q, b_k, p_v, p_do, p_dv, stride, n,
 def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, b_v, b_do, n,
                   c, wm, A, E, G, D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
                   ACT: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr):
-    """Depth 2 reverse step (M(x) = x + W2 act(W1 x)) in three passes over hidden tiles:
+    """Depth 2 reverse step (M(x) = x + W2 act(W1 x)) in four passes over hidden tiles:
     A) the error e; B) everything that feeds de (its full sum is needed before dh); C) dh, dz, the local
-    weight gradients, the retrieval gradients and the adjoint update, in place.
+    weight gradients and the adjoint update, in place; D) the retrieval's gradients.
     Returns dq, dk, dv [BT, D], dc, dwm [BT], dA, dE, dG."""
     o_t = tl.arange(0, BT)
     acc_y = tl.zeros([BT, D], dtype=tl.float32)
@@ -91,8 +91,6 @@ def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, 
         hk, _, _ = _act(_mm(b_k, tl.trans(b_w1), BF16, PREC), ACT)
         acc_y += _mm(hk, tl.trans(b_w2), BF16, PREC)
     e = tl.where((o_t < n)[:, None], b_k.to(tl.float32) + acc_y - b_v.to(tl.float32), 0.0)
-    ce = c[:, None] * e
-    we = wm[:, None] * e
 
     dk = tl.zeros([BT, D], dtype=tl.float32)
     de = tl.zeros([BT, D], dtype=tl.float32)
@@ -125,10 +123,11 @@ def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, 
     dc -= tl.sum(e * r2, axis=1)
     dwm -= tl.sum(e * r2s, axis=1)
 
-    dq = tl.zeros([BT, D], dtype=tl.float32)
     dA = tl.full([], 0.0, tl.float32)
     dE = tl.full([], 0.0, tl.float32)
     dG = tl.full([], 0.0, tl.float32)
+    # C overwrites adjoint tiles that other threads read in B, and D re-reads what C wrote
+    tl.debug_barrier()
     for j in range(0, HID, BE):
         o_1 = _tile_offs(j, D, BE, D, True)
         o_2 = _tile_offs(j, HID, D, BE, False)
@@ -140,22 +139,15 @@ def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, 
         b_ds2 = tl.load(p_ds2 + o_2)
         z = _mm(b_k, tl.trans(b_w1), BF16, PREC)
         hk, d1, d2 = _act(z, ACT)
-        p = _mm(e, b_w2, BF16, PREC)
         dg1 = -(c[:, None] * _mm(b_k, tl.trans(b_dw1), BF16, PREC)
                 + wm[:, None] * _mm(b_k, tl.trans(b_ds1), BF16, PREC))
-        dp = dg1 * d1
-        # h = act(z) feeds y = k + h W2^T (de) and u2 = e h^T (the c / m theta sums)
-        dh = _mm(de, b_w2, BF16, PREC) - _mm(ce, b_dw2, BF16, PREC) - _mm(we, b_ds2, BF16, PREC)
-        dz = dh * d1 + dg1 * p * d2
+        # h = act(z) feeds y = k + h W2^T (de) and u2 = e h^T (the c and m theta sums)
+        dh = (_mm(de, b_w2, BF16, PREC) - _mm(c[:, None] * e, b_dw2, BF16, PREC)
+              - _mm(wm[:, None] * e, b_ds2, BF16, PREC))
+        dz = dh * d1 + dg1 * _mm(e, b_w2, BF16, PREC) * d2
         dk += _mm(dz, b_w1, BF16, PREC)
         g_w1 = _mm(tl.trans(dz), b_k, BF16, PREC)
-        g_w2 = _mm(tl.trans(de), hk, BF16, PREC) + _mm(tl.trans(e), dp, BF16, PREC)
-        # retrieval o = q + act(q W1^T) W2^T
-        hq, dq1, _ = _act(_mm(b_q, tl.trans(b_w1), BF16, PREC), ACT)
-        dzq = _mm(b_do, b_w2, BF16, PREC) * dq1
-        dq += _mm(dzq, b_w1, BF16, PREC)
-        g_w1 += _mm(tl.trans(dzq), b_q, BF16, PREC)
-        g_w2 += _mm(tl.trans(b_do), hq, BF16, PREC)
+        g_w2 = _mm(tl.trans(de), hk, BF16, PREC) + _mm(tl.trans(e), dg1 * d1, BF16, PREC)
         b_s1 = tl.load(p_s1 + o_1)
         b_s2 = tl.load(p_s2 + o_2)
         dA += tl.sum(b_dw1 * b_w1) + tl.sum(b_dw2 * b_w2)
@@ -165,6 +157,21 @@ def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, 
         tl.store(p_ds1 + o_1, E * b_ds1 + G * b_dw1)
         tl.store(p_dw2 + o_2, A * b_dw2 + g_w2)
         tl.store(p_ds2 + o_2, E * b_ds2 + G * b_dw2)
+
+    # D) retrieval o = q + act(q W1^T) W2^T: its weight gradients add onto the updated adjoint (kept out
+    # of pass C so fewer [BT, D] blocks are live at once)
+    dq = tl.zeros([BT, D], dtype=tl.float32)
+    tl.debug_barrier()
+    for j in range(0, HID, BE):
+        o_1 = _tile_offs(j, D, BE, D, True)
+        o_2 = _tile_offs(j, HID, D, BE, False)
+        b_w1 = tl.load(p_w1 + o_1)
+        b_w2 = tl.load(p_w2 + o_2)
+        hq, dq1, _ = _act(_mm(b_q, tl.trans(b_w1), BF16, PREC), ACT)
+        dzq = _mm(b_do, b_w2, BF16, PREC) * dq1
+        dq += _mm(dzq, b_w1, BF16, PREC)
+        tl.store(p_dw1 + o_1, tl.load(p_dw1 + o_1) + _mm(tl.trans(dzq), b_q, BF16, PREC))
+        tl.store(p_dw2 + o_2, tl.load(p_dw2 + o_2) + _mm(tl.trans(b_do), hq, BF16, PREC))
     return b_do.to(tl.float32) + dq, dk + de, -de, dc, dwm, dA, dE, dG
 
 
@@ -306,8 +313,9 @@ def titans_memory_gate_bwd_kernel(theta, eta, alpha, dcw, dsc, dtheta, deta, dal
     dle = (dE * E + dG * tl.sum(tl.where(col >= row, g[None, :], 0.0), axis=1)
            + tl.sum(tl.where(col < row, (dwm * th * m)[None, :], 0.0), axis=1) + x)
     d_th = dc * tl.sum(f, axis=1) + dwm * m
-    d_et = tl.where(et >= TINY, dle / et, 0.0)
-    d_al = tl.where(1.0 - al >= TINY, -dla / (1.0 - al), 0.0)
+    # log(max(x, TINY)): the clamp passes no gradient below TINY (as torch.clamp)
+    d_et = tl.where(et >= TINY, dle / tl.maximum(et, TINY), 0.0)
+    d_al = tl.where(1.0 - al >= TINY, -dla / tl.maximum(1.0 - al, TINY), 0.0)
     tl.store(dtheta + tok + o_t * H, d_th.to(dtheta.dtype.element_ty), mask=m_t)
     tl.store(deta + tok + o_t * H, d_et.to(deta.dtype.element_ty), mask=m_t)
     tl.store(dalpha + tok + o_t * H, d_al.to(dalpha.dtype.element_ty), mask=m_t)

@@ -28,11 +28,15 @@ INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 @triton.jit
 def _mm(a, b, BF16: tl.constexpr, PREC: tl.constexpr):
-    """a @ b with float32 accumulation; bf16 operands on the fast path, else float32 at PREC."""
-    if BF16:
+    """a @ b with float32 accumulation. BF16 = 0: float32 operands at PREC; 1: bf16 operands (the fast
+    path); 2: bf16-rounded operands in a float32 dot (the same numbers, for the CPU interpreter, whose
+    bf16 dot is wrong)."""
+    if BF16 == 1:
         out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif BF16 == 2:
+        out = tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), input_precision=PREC)
     else:
-        out = tl.dot(a, b, input_precision=PREC)
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
     return out
 
 
@@ -205,6 +209,8 @@ def _mlp_fwd_step(p_w1, p_w2, p_s1, p_s2, p_w1n, p_w2n, p_s1n, p_s2n, b_q, b_k, 
     e = tl.where((o_t < n)[:, None], b_k.to(tl.float32) + acc_y - b_v.to(tl.float32), 0.0)
     ce = c[:, None] * e
     we = wm[:, None] * e
+    # pass 2 overwrites tiles that other threads read in pass 1 (in-place update)
+    tl.debug_barrier()
     for j in range(0, HID, BE):
         o_1 = _tile_offs(j, D, BE, D, True)
         o_2 = _tile_offs(j, HID, D, BE, False)
@@ -259,6 +265,7 @@ def titans_memory_fwd_kernel(
                             _chain_ptrs(ck_w2, i_bh, slot, N_CK, HID * D),
                             _chain_ptrs(ck_s1, i_bh, slot, N_CK, HID * D),
                             _chain_ptrs(ck_s2, i_bh, slot, N_CK, HID * D), D, HID, BE, DEPTH)
+                tl.debug_barrier()
         c, wm, A, E, G = _chunk_coeffs(theta + tok, eta + tok, alpha + tok, H, n, BT)
         b_q = _load_rows(q + tok * D, n, D, BT, H * D)
         b_k = _load_rows(k + tok * D, n, D, BT, H * D)
@@ -282,7 +289,7 @@ def kernel_config(q: torch.Tensor, hidden: int, chunk_size: int) -> dict:
     """Block sizes and precision for one call. BT: the chunk's token rows, a power of two >= 16 (tl.dot's
     minimum). BE: hidden units per state tile; the backward keeps ~20 tiles live, so it takes smaller ones.
     Float32 inputs use 3xTF32 dots (near-float32 accuracy on the tensor cores; plain TF32 would miss the
-    1e-4 target); bf16/fp16 inputs use bf16 dots with float32 accumulation."""
+    1e-4 target); bf16/fp16 inputs use bf16 dots with float32 accumulation (see _mm)."""
     D = q.shape[-1]
     BT = max(16, triton.next_power_of_2(chunk_size))
     wide = BT * D > 64 * 64
@@ -290,7 +297,7 @@ def kernel_config(q: torch.Tensor, hidden: int, chunk_size: int) -> dict:
         BT=BT,
         BE_F=min(hidden, 32 if wide else 64),
         BE=min(hidden, 16 if wide else 32),
-        BF16=q.dtype != torch.float32,
+        BF16=0 if q.dtype == torch.float32 else (2 if interpreting() else 1),
         PREC="ieee" if interpreting() else "tf32x3",
         num_warps=4,
     )

@@ -1,0 +1,94 @@
+"""The memory layer (titans_dna/model/titans_memory.py): it runs through the op, its gates start where
+DESIGN.md says, padding never writes, and reads leave the memory as it is."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import titans_dna.model.titans_memory as layer_module
+from titans_dna.kernels.titans_memory import last_backend
+from titans_dna.model import TitansConfig, TitansDNA, TitansMemory
+
+
+def make_layer(**overrides) -> TitansMemory:
+    defaults = dict(d_model=32, n_heads=2, head_dim=16, chunk_size=4, segment_len=8)
+    config = TitansConfig(**{**defaults, **overrides})
+    return TitansMemory(config).double()
+
+
+@pytest.mark.parametrize("block", ["mac", "lmm"])
+def test_model_runs_the_memory_through_the_op(block, monkeypatch, seed):
+    calls = []
+    op = layer_module.titans_memory
+
+    def recording_op(*args, **kwargs):
+        calls.append(kwargs["backend"])
+        return op(*args, **kwargs)
+
+    monkeypatch.setattr(layer_module, "titans_memory", recording_op)
+    config = TitansConfig(d_model=32, n_layers=1, n_heads=2, head_dim=16, block=block, chunk_size=4,
+                          segment_len=8, memory_backend="naive")
+    model = TitansDNA(config).double()
+    model(torch.randint(7, 11, (1, 20)))
+    segments = 3
+    assert calls == ["naive"] * (2 * segments if block == "mac" else 1)  # MAC: read h, then write y
+    assert last_backend() == "naive"
+
+
+def test_gates_start_at_the_design_values():
+    layer = make_layer(theta_max=0.2)
+    x = torch.zeros(1, 5, 32, dtype=torch.float64)
+    inputs = layer.features(x, torch.ones(1, 5, dtype=torch.bool), None)
+    torch.testing.assert_close(inputs.theta, torch.full_like(inputs.theta, 0.02))
+    torch.testing.assert_close(inputs.eta, torch.full_like(inputs.eta, 0.9))
+    torch.testing.assert_close(inputs.alpha, torch.full_like(inputs.alpha, 0.01))
+    q = inputs.q.norm(dim=-1)
+    torch.testing.assert_close(q[q > 0], torch.ones_like(q[q > 0]))
+
+
+def test_gates_stay_inside_zero_one_and_padding_gets_zero():
+    layer = make_layer()
+    x = 1e3 * torch.randn(2, 9, 32, dtype=torch.float64)  # saturates the sigmoids
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 5:] = False
+    inputs = layer.features(x, mask, None)
+    for gate in (inputs.eta, inputs.alpha):
+        valid = gate[mask]
+        assert valid.min() >= 1e-6 and valid.max() <= 1 - 1e-6
+        assert (gate[~mask] == 0).all()
+    assert (inputs.theta[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_padding_never_writes_and_reads_do_not_change_the_memory(depth, seed):
+    layer = make_layer(memory_depth=depth)
+    x = torch.randn(2, 12, 32, dtype=torch.float64)
+    valid = torch.ones(2, 12, dtype=torch.bool)
+    _, memory = layer.write(layer.features(x, valid, None), None)
+    pad = torch.zeros(2, 7, dtype=torch.bool)
+    padded = layer.features(torch.randn(2, 7, 32, dtype=torch.float64), pad, None)
+    _, after = layer.write(padded, memory)
+    for w_before, w_after in zip(memory[0], after[0], strict=True):
+        torch.testing.assert_close(w_after, w_before, rtol=0.0, atol=1e-12)
+    # a read is M_W(q) token by token, whatever the chunking
+    q = layer.query(torch.randn(2, 10, 32, dtype=torch.float64), None)
+    whole = layer.read(q, memory)
+    for t in (0, 3, 9):
+        torch.testing.assert_close(whole[:, t], layer.read(q[:, t:t + 1], memory)[:, 0], rtol=0.0, atol=1e-12)
+
+
+def test_causal_layer_reads_chunk_start_weights(seed):
+    """Tokens of the first chunk read W_0; the second chunk reads the memory after the first."""
+    layer = make_layer()
+    x = torch.randn(1, 8, 32, dtype=torch.float64)
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    inputs = layer.features(x, mask, None)
+    out, tail, memory = layer(x, mask)
+    torch.testing.assert_close(out[:, :4], layer.readout(layer.read(inputs.q[:, :4], None)),
+                               rtol=0.0, atol=1e-12)
+    _, first_chunk = layer.write(inputs.span(0, 4), None)
+    torch.testing.assert_close(out[:, 4:], layer.readout(layer.read(inputs.q[:, 4:], first_chunk)),
+                               rtol=0.0, atol=1e-12)
+    assert tail.shape == (1, 3, 32)
+    torch.testing.assert_close(tail, x[:, -3:])

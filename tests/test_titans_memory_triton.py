@@ -1,0 +1,188 @@
+"""Triton paths of the Titans memory op (chunk.py, fused_recurrent.py) against the PyTorch reference.
+
+The kernels run on the CPU through the Triton interpreter. Triton reads TRITON_INTERPRET when `triton`
+and each kernel are imported, so the kernel tests run in a child pytest of this file with the variable
+set (`test_in_interpreter`), which leaves every other test file's process untouched. Running this file
+with TRITON_INTERPRET=1 already set runs them directly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from titans_dna.kernels.titans_memory.naive import naive_chunk_titans_memory
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="runs in test_in_interpreter's child pytest")
+
+
+def test_in_interpreter():
+    """Run this file's kernel tests in a child pytest with TRITON_INTERPRET=1."""
+    if INTERPRETED:
+        pytest.skip("this is the child run")
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-o", "addopts=", "-q", "-p", "no:cacheprovider"],
+                         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
+
+
+@pytest.fixture(scope="module")
+def ops():
+    """(chunk, fused_recurrent) modules, imported under the interpreter."""
+    from titans_dna.kernels.titans_memory import chunk, fused_recurrent
+
+    return chunk, fused_recurrent
+
+
+@pytest.fixture(autouse=True)
+def nan_empty(monkeypatch):
+    """Every torch.empty / empty_like of a float dtype comes back full of NaN, so a kernel that leaves
+    part of an output unwritten fails loudly (as fla's conftest)."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(empty(*a, **kw)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(empty_like(*a, **kw)))
+
+
+def make_inputs(B, T, H, D, depth, expansion, with_state, dtype=torch.float64, padding=False):
+    """Random op inputs (l2-normalised q, k; gates in (0, 1)); with `padding`, exact 0/1 gates."""
+    q = F.normalize(torch.randn(B, T, H, D, dtype=dtype), dim=-1)
+    k = F.normalize(torch.randn(B, T, H, D, dtype=dtype), dim=-1)
+    v = torch.randn(B, T, H, D, dtype=dtype)
+    theta = torch.rand(B, T, H, dtype=dtype) * 0.5
+    eta = torch.rand(B, T, H, dtype=dtype)
+    alpha = torch.rand(B, T, H, dtype=dtype) * 0.3
+    if padding:
+        pad = torch.rand(B, T, H) < 0.3
+        theta[pad], eta[pad], alpha[pad] = 0.0, 0.0, 0.0
+        alpha[torch.rand(B, T, H) < 0.1] = 1.0
+        eta[torch.rand(B, T, H) < 0.1] = 1.0
+    E = D * expansion
+    shapes = [(H, D, D)] if depth == 1 else [(H, E, D), (H, D, E)]
+    weights = [torch.randn(*s, dtype=dtype) / s[-1] ** 0.5 for s in shapes]
+    state = None
+    if with_state:
+        state = (tuple(0.3 * torch.randn(B, *s, dtype=dtype) for s in shapes),
+                 tuple(0.1 * torch.randn(B, *s, dtype=dtype) for s in shapes))
+    return [q, k, v, theta, eta, alpha], weights, state
+
+
+def run_with_grads(fn, xs, weights, state, dtype, do, dstate, **kw):
+    """Call the op on leaf copies in `dtype`, backpropagate <o, do> + <final state, dstate>."""
+    xs = [x.detach().to(dtype).requires_grad_() for x in xs]
+    weights = [w.detach().to(dtype).requires_grad_() for w in weights]
+    if state is not None:
+        state = tuple(tuple(s.detach().to(dtype).requires_grad_() for s in part) for part in state)
+    o, (ws, ss) = fn(*xs, weights, state, **kw)
+    finals = [*ws, *ss]
+    loss = (o.double() * do).sum() + sum((f.double() * d).sum() for f, d in zip(finals, dstate, strict=True))
+    loss.backward()
+    leaves = dict(zip(["q", "k", "v", "theta", "eta", "alpha"], xs, strict=True))
+    if state is None:
+        leaves.update({f"W0_{i}": w for i, w in enumerate(weights)})
+    else:
+        leaves.update({f"state_{i}": s for i, s in enumerate([*state[0], *state[1]])})
+    results = {"o": o, **{f"final_{i}": f for i, f in enumerate(finals)}}
+    results.update({f"d{name}": leaf.grad for name, leaf in leaves.items()})
+    return results
+
+
+def assert_close(got: dict, ref: dict, tol: float) -> None:
+    """Relative error ||got - ref|| / ||ref|| per named tensor, and no NaN anywhere (fla's assert_close)."""
+    assert got.keys() == ref.keys()
+    for name, r in ref.items():
+        g = got[name]
+        assert g is not None, f"{name}: no gradient"
+        assert not torch.isnan(g).any(), f"{name}: NaN"
+        err = ((g.double() - r.double()).norm() / r.double().norm().clamp_min(1e-12)).item()
+        assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}"
+
+
+CASES = [  # depth, T, D, expansion, chunk, activation, initial state, padding gates
+    (2, 75, 32, 2, 16, "silu", False, False),
+    (2, 63, 16, 2, 16, "gelu", True, False),
+    (1, 75, 32, 2, 16, "silu", True, False),
+    (2, 40, 16, 4, 6, "silu", False, True),
+]
+
+
+@interpreted_only
+@pytest.mark.parametrize("depth,T,D,expansion,chunk,act,with_state,padding", CASES)
+def test_chunk_matches_reference(ops, seed, depth, T, D, expansion, chunk, act, with_state, padding):
+    chunk_mod, _ = ops
+    B, H = 2, 2
+    xs, weights, state = make_inputs(B, T, H, D, depth, expansion, with_state, padding=padding)
+    do = torch.randn(B, T, H, D, dtype=torch.float64)
+    dstate = [torch.randn(B, *w.shape, dtype=torch.float64) for w in weights] * 2
+    kw = dict(chunk_size=chunk, activation=act)
+    ref = run_with_grads(naive_chunk_titans_memory, xs, weights, state, torch.float64, do, dstate, **kw)
+    got = run_with_grads(chunk_mod.chunk_titans_memory, xs, weights, state, torch.float32, do, dstate, **kw)
+    # the interpreter's float32 erf is good to ~1e-6, against ~1e-7 for the silu path
+    assert_close(got, ref, 1e-4 if act == "gelu" else 2e-5)
+
+
+@interpreted_only
+def test_chunk_bf16(ops, seed):
+    chunk_mod, _ = ops
+    B, T, H, D = 1, 40, 2, 16
+    xs, weights, _ = make_inputs(B, T, H, D, 2, 2, False)
+    do = torch.randn(B, T, H, D, dtype=torch.float64)
+    dstate = [torch.zeros(B, *w.shape, dtype=torch.float64) for w in weights] * 2
+    # the same bf16-rounded inputs for both paths
+    xs = [x.to(torch.bfloat16).double() for x in xs]
+    weights = [w.to(torch.bfloat16).double() for w in weights]
+    ref = run_with_grads(naive_chunk_titans_memory, xs, weights, None, torch.float64, do, dstate, chunk_size=16)
+    got = run_with_grads(chunk_mod.chunk_titans_memory, xs, weights, None, torch.bfloat16, do, dstate,
+                         chunk_size=16)
+    assert got["o"].dtype == torch.bfloat16 and got["dtheta"].dtype == torch.bfloat16
+    assert_close(got, ref, 3e-2)
+
+
+@interpreted_only
+def test_fused_recurrent_streams(ops, seed):
+    """Whole sequence = two pieces split at a chunk boundary with the state carried; = chunk forward."""
+    chunk_mod, fused_mod = ops
+    B, T, H, D, cs = 2, 56, 2, 16, 16
+    xs, weights, state = make_inputs(B, T, H, D, 2, 2, True, dtype=torch.float32)
+    with torch.no_grad():
+        o, (ws, ss) = fused_mod.fused_recurrent_titans_memory(*xs, weights, state, chunk_size=cs)
+        o_ref, (ws_ref, ss_ref) = chunk_mod.chunk_titans_memory(*xs, weights, state, chunk_size=cs)
+        first = [x[:, :32] for x in xs]
+        second = [x[:, 32:] for x in xs]
+        o1, mid = fused_mod.fused_recurrent_titans_memory(*first, weights, state, chunk_size=cs)
+        o2, (ws2, ss2) = fused_mod.fused_recurrent_titans_memory(*second, weights, mid, chunk_size=cs)
+    torch.testing.assert_close(o, o_ref, rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat([o1, o2], dim=1), o, rtol=1e-6, atol=1e-6)
+    for a, b in zip([*ws2, *ss2], [*ws_ref, *ss_ref], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    with pytest.raises(NotImplementedError, match="no backward"):
+        fused_mod.fused_recurrent_titans_memory(*xs, [w.requires_grad_() for w in weights], chunk_size=cs)
+
+
+@interpreted_only
+def test_supports_and_checks(ops):
+    chunk_mod, _ = ops
+    q = torch.zeros(1, 8, 2, 32)
+    w2 = [torch.zeros(2, 64, 32), torch.zeros(2, 32, 64)]
+    assert chunk_mod.triton_supports(q, w2, 64)
+    assert not chunk_mod.triton_supports(q.double(), w2, 64)
+    assert not chunk_mod.triton_supports(q, w2, 256)
+    assert not chunk_mod.triton_supports(torch.zeros(1, 8, 2, 24), [torch.zeros(2, 24, 24)], 16)
+    deep = [torch.zeros(2, 64, 32), torch.zeros(2, 64, 64), torch.zeros(2, 32, 64)]
+    assert not chunk_mod.triton_supports(q, deep, 16)
+    gates = [torch.zeros(1, 8, 2)] * 3
+    with pytest.raises(ValueError, match=r"\(1, 8, 2, 32\)"):
+        chunk_mod.chunk_titans_memory(q, q, q, *gates, deep, chunk_size=16)

@@ -35,6 +35,26 @@ LENGTHS = [2048, 8192, 32768, 131072]
 LONG = [262144, 1048576, 4194304]
 CAPS = {"ours": 240, "naive": 150, "titans_pytorch": 120, "titans_pytorch_b64": 60, "fla_gdn": 150, "sdpa": 60}
 GiB = 1024 ** 3
+# BENCH_DEVICE=cpu with TRITON_INTERPRET=1 smoke-tests this script on tiny shapes (no timing meaning)
+DEVICE = os.environ.get("BENCH_DEVICE", "cuda")
+
+
+def sync() -> None:
+    import torch
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_gib() -> float:
+    import torch
+    return torch.cuda.max_memory_allocated() / GiB if DEVICE == "cuda" else 0.0
+
+
+def reset_peak() -> None:
+    import torch
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def timed(fn, pre=None, target_s=0.4, lo=3, hi=30) -> dict:
@@ -44,6 +64,10 @@ def timed(fn, pre=None, target_s=0.4, lo=3, hi=30) -> dict:
     def once():
         if pre is not None:
             pre()
+        if DEVICE != "cuda":
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
         fn()
@@ -62,7 +86,7 @@ def finite(*ts) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- cases
-def memory_inputs(B, T, dtype, grad, seed=0, device="cuda"):
+def memory_inputs(B, T, dtype, grad, seed=0, device=DEVICE):
     """Op inputs with the model's default-like gates: theta ~ 0.01, eta ~ 0.9, alpha ~ 0.01."""
     import torch
     import torch.nn.functional as F
@@ -84,6 +108,7 @@ def memory_inputs(B, T, dtype, grad, seed=0, device="cuda"):
 def case_memory(op_name, B, T, mode):
     """(fn, pre, check) for our op or our reference, bf16 inputs."""
     import torch
+
     from titans_dna.kernels.titans_memory.chunk import chunk_titans_memory
     from titans_dna.kernels.titans_memory.fused_recurrent import fused_recurrent_titans_memory
     from titans_dna.kernels.titans_memory.naive import naive_chunk_titans_memory
@@ -123,7 +148,7 @@ def case_titans_pytorch(B, T, mode, batch_size):
     if batch_size is not None:  # its jit-scripted scan fails to compile under CUDA 13 with the texpr fuser
         torch._C._jit_set_texpr_fuser_enabled(False)
     mem = NeuralMemory(dim=DMODEL, chunk_size=CHUNK, heads=HEADS, dim_head=DH, **kw).cuda()
-    x = torch.randn(B, T, DMODEL, device="cuda", requires_grad=mode == "fwdbwd")
+    x = torch.randn(B, T, DMODEL, device=DEVICE, requires_grad=mode == "fwdbwd")
     ac = dict(device_type="cuda", dtype=torch.bfloat16)
     if mode == "fwd":
         def fn():
@@ -174,8 +199,8 @@ def case_op(call, leaves, like, mode):
 def case_fla_gdn(B, T, mode):
     """As fla's GatedDeltaNet layer calls the op. fla 0.6.0 refuses the backward on Hopper with
     Triton < 3.7.1 (fla #640, dk/dg miscompiled); --allow-gdn-bwd lifts that guard for timing only."""
-    import torch
     import fla.ops.common.chunk_o as chunk_o
+    import torch
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
     if "--allow-gdn-bwd" in sys.argv and getattr(chunk_o, "TRITON_ABOVE_3_7_1", True) is False:
         chunk_o.TRITON_ABOVE_3_7_1 = True
@@ -214,3 +239,402 @@ def make_case(peer, B, T, mode):
     if peer.startswith("titans_pytorch"):
         return case_titans_pytorch(B, T, mode, 64 if peer.endswith("b64") else None)
     return {"fla_gdn": case_fla_gdn, "sdpa": case_sdpa}[peer](B, T, mode)
+
+
+# ---------------------------------------------------------------------------------------------- child tasks
+def run_peer(peer: str, lengths: list[int], long: list[int], path: Path) -> None:
+    """Time one peer over the 128k-token shapes, then batch-1 forwards; results to `path` as it goes."""
+    import torch
+    res = dict(peer=peer, cases=[], long=[])
+    if peer == "titans_pytorch_b64":  # it runs out of memory beyond 8k x 16 (ANCHORS_GPU.md)
+        lengths, long = [t for t in lengths if t <= 8192], []
+    if peer == "ours":
+        long = long or []
+
+    def dump():
+        path.write_text(json.dumps(res, indent=1))
+
+    def measure(B, T, mode, reps=True):
+        reset_peak()
+        rec = dict(B=B, T=T, mode=mode)
+        try:
+            fn, pre, check = make_case(peer, B, T, mode)
+            t0 = time.time()
+            rec["finite"] = check()  # first call: compile/autotune + NaN check
+            sync()
+            rec["first_call_s"] = time.time() - t0
+            if reps:
+                rec.update(timed(fn, pre))
+            else:  # long lengths: the faster of two more calls
+                rec.update(timed(fn, pre, target_s=0, lo=2, hi=2))
+            rec["tok_per_s"] = B * T / (rec["median_ms"] * 1e-3)
+            rec["status"] = "ok" if rec["finite"] else "NaN/Inf"
+        except Exception as e:  # noqa: BLE001 - a peer's failure is a result, not a crash
+            oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e)
+            rec["status"] = "OOM" if oom else "error"
+            rec["error"] = f"{type(e).__name__}: {e}"[:800]
+        rec["peak_GiB"] = peak_gib()
+        print(f"[{peer}] B={B} T={T} {mode}: {rec['status']} {rec.get('median_ms', float('nan')):.3f} ms "
+              f"{rec.get('tok_per_s', 0) / 1e6:.3f} Mtok/s peak {rec['peak_GiB']:.2f} GiB "
+              f"{rec.get('error', '')[:300]}", flush=True)
+        return rec
+
+    for T in lengths:
+        for mode in ("fwdbwd", "fwd"):
+            res["cases"].append(measure(max(1, TOKENS // T), T, mode))
+            dump()
+    last = next((c for c in reversed(res["cases"]) if c["mode"] == "fwd" and c["status"] == "ok"), None)
+    for T in long:
+        quadratic = peer == "sdpa"
+        if last is not None:
+            pred = last["median_ms"] * 1e-3 * (T / last["T"]) ** (2 if quadratic else 1) / last["B"]
+            if pred > 24:
+                res["long"].append(dict(B=1, T=T, mode="fwd", status=f"skipped: predicted {pred:.0f} s"))
+                dump()
+                break
+        rec = measure(1, T, "fwd", reps=False)
+        res["long"].append(rec)
+        dump()
+        if rec["status"] != "ok":
+            break
+        last = rec
+
+
+CHECKS = [  # name, B, T, H, D, expansion, depth, chunk, activation, initial state
+    ("bench shape", 2, 4096, 8, 64, 4, 2, 64, "silu", False),
+    ("tail, gelu, state", 2, 1000, 4, 64, 2, 2, 16, "gelu", True),
+    ("depth 1", 2, 777, 4, 64, 1, 1, 32, "silu", True),
+    ("D=128, chunk 128", 1, 700, 2, 128, 2, 2, 128, "silu", False),
+    ("D=32, chunk 48", 2, 500, 4, 32, 4, 2, 48, "gelu", False),
+]
+if DEVICE == "cpu":
+    CHECKS = [(c[0], 1, 2 * c[7] + 5, 2, min(c[4], 32), c[5], c[6], min(c[7], 32), c[8], c[9]) for c in CHECKS]
+    HEADS, DH, HIDDEN, CHUNK, TOKENS, LENGTHS, LONG = 2, 16, 32, 16, 64, [32, 64], [128]
+TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
+
+
+def check_inputs_for(cfg, seed):
+    import torch
+    import torch.nn.functional as F
+    _, B, T, H, D, expansion, depth, _, _, with_state = cfg
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return scale * torch.randn(*shape, device=DEVICE, generator=g, dtype=torch.float64)
+    E = D * expansion
+    shapes = [(H, D, D)] if depth == 1 else [(H, E, D), (H, D, E)]
+    # gates as memory_inputs (the model's initialisation): large theta / small eta make the inner
+    # recurrence itself ill-conditioned, which would measure the problem rather than the kernel
+    xs = [F.normalize(rnd(B, T, H, D), dim=-1), F.normalize(rnd(B, T, H, D), dim=-1), rnd(B, T, H, D),
+          0.02 * torch.sigmoid(rnd(B, T, H)), torch.sigmoid(2.2 + 0.5 * rnd(B, T, H)),
+          torch.sigmoid(-4.6 + 0.5 * rnd(B, T, H))]
+    ws = [rnd(*s) / s[-1] ** 0.5 for s in shapes]
+    state = None
+    if with_state:
+        state = (tuple(rnd(B, *s, scale=0.3) for s in shapes), tuple(rnd(B, *s, scale=0.05) for s in shapes))
+    return xs, ws, state
+
+
+def grads_of(op, xs, ws, state, dtype, do, dstate, **kw):
+    """Outputs, final state and the gradients of <o, do> + <state, dstate> w.r.t. every input."""
+    import torch
+    xs = [x.detach().to(dtype).requires_grad_() for x in xs]
+    ws = [w.detach().to(dtype).requires_grad_() for w in ws]
+    if state is not None:
+        state = tuple(tuple(s.detach().float().requires_grad_() if dtype != torch.float64 else
+                            s.detach().clone().requires_grad_() for s in part) for part in state)
+    o, (fw, fs) = op(*xs, ws, state, **kw)
+    finals = [*fw, *fs]
+    loss = (o.double() * do).sum() + sum((f.double() * d).sum() for f, d in zip(finals, dstate, strict=True))
+    loss.backward()
+    leaves = xs + (ws if state is None else [*state[0], *state[1]])
+    names = ["q", "k", "v", "theta", "eta", "alpha"] + [f"{'W0' if state is None else 'state'}_{i}"
+                                                          for i in range(len(leaves) - 6)]
+    out = {"o": o, **{f"final_{i}": f for i, f in enumerate(finals)}}
+    out.update({f"d{n}": t.grad for n, t in zip(names, leaves, strict=True)})
+    return out
+
+
+def run_check(path: Path) -> None:
+    """Relative error ||ours - ref|| / ||ref|| of every output and gradient vs the float64 reference."""
+    import torch
+
+    from titans_dna.kernels.titans_memory.chunk import chunk_titans_memory
+    from titans_dna.kernels.titans_memory.naive import naive_chunk_titans_memory
+    rows = []
+    for i, cfg in enumerate(CHECKS):
+        xs, ws, state = check_inputs_for(cfg, seed=1000 + i)
+        kw = dict(chunk_size=cfg[7], activation=cfg[8])
+        do = torch.randn_like(xs[0])
+        dstate = [torch.randn(cfg[1], *w.shape, device=DEVICE, dtype=torch.float64) for w in ws] * 2
+        for dtype in (torch.float32, torch.bfloat16):
+            rounded = [x.to(dtype).double() for x in xs]  # both paths see the same rounded inputs
+            t0 = time.time()
+            ref = grads_of(naive_chunk_titans_memory, rounded, ws, state, torch.float64, do, dstate, **kw)
+            t1 = time.time()
+            got = grads_of(chunk_titans_memory, rounded, ws, state, dtype, do, dstate, **kw)
+            sync()
+            errs = {n: ((got[n].double() - r).norm() / r.norm().clamp_min(1e-30)).item() for n, r in ref.items()}
+            nan = [n for n, t in got.items() if not finite(t)]
+            tol = TOLERANCE[str(dtype).split(".")[1]]
+            worst = max(errs, key=errs.get)
+            row = dict(name=cfg[0], cfg=cfg[1:], dtype=str(dtype), tol=tol, errors=errs, nan=nan,
+                       worst=worst, passed=not nan and errs[worst] < tol, ref_s=t1 - t0,
+                       ours_s=time.time() - t1)
+            rows.append(row)
+            print(f"[check] {cfg[0]:18s} {row['dtype']:15s} worst {worst} {errs[worst]:.2e} (tol {tol:.0e}) "
+                  f"{'PASS' if row['passed'] else 'FAIL'} nan={nan}", flush=True)
+            path.write_text(json.dumps(rows, indent=1))
+
+
+def run_compile(i: int, dtype_name: str, variant: dict) -> None:
+    """Compile one CHECKS configuration's kernels through a tiny call (fills the on-disk Triton cache)."""
+    import torch
+
+    from titans_dna.kernels.titans_memory import chunk_fwd
+    from titans_dna.kernels.titans_memory.chunk import chunk_titans_memory
+    chunk_fwd.TUNING.update(variant)
+    cfg = list(CHECKS[i])
+    cfg[2] = cfg[7] * 3
+    xs, ws, state = check_inputs_for(tuple(cfg), seed=i)
+    dtype = getattr(torch, dtype_name)
+    xs = [x.to(dtype).requires_grad_() for x in xs]
+    o, _ = chunk_titans_memory(*xs, [w.float() for w in ws], chunk_size=cfg[7], activation=cfg[8])
+    o.float().sum().backward()
+    sync()
+
+
+def run_sweep(variant: dict, lengths: list[int], path: Path) -> None:
+    """One kernel_config variant (chunk_fwd.TUNING): bf16 error on the bench shape, then ours' timings."""
+    import torch
+
+    from titans_dna.kernels.titans_memory import chunk_fwd
+    from titans_dna.kernels.titans_memory.chunk import chunk_titans_memory
+    from titans_dna.kernels.titans_memory.naive import naive_chunk_titans_memory
+    chunk_fwd.TUNING.update(variant)
+    rec = dict(variant=variant, cases=[])
+    xs, ws, state = check_inputs_for(CHECKS[0], seed=5)
+    rounded = [x.to(torch.bfloat16).double() for x in xs]
+    do = torch.randn_like(xs[0])
+    dstate = [torch.zeros(CHECKS[0][1], *w.shape, device=DEVICE, dtype=torch.float64) for w in ws] * 2
+    kw = dict(chunk_size=CHECKS[0][7], activation=CHECKS[0][8])
+    ref = grads_of(naive_chunk_titans_memory, rounded, ws, state, torch.float64, do, dstate, **kw)
+    got = grads_of(chunk_titans_memory, rounded, ws, state, torch.bfloat16, do, dstate, **kw)
+    rec["bf16_errors"] = {n: ((got[n].double() - r).norm() / r.norm().clamp_min(1e-30)).item()
+                          for n, r in ref.items()}
+    print(f"[sweep {variant}] bf16 worst error {max(rec['bf16_errors'].values()):.2e}", flush=True)
+    for T in lengths:
+        for mode in ("fwdbwd", "fwd"):
+            B = max(1, TOKENS // T)
+            reset_peak()
+            fn, pre, check = make_case("ours", B, T, mode)
+            ok = check()
+            sync()
+            tm = timed(fn, pre, target_s=0.3)
+            rec["cases"].append(dict(B=B, T=T, mode=mode, finite=ok, peak_GiB=peak_gib(), **tm))
+            print(f"[sweep {variant}] B={B} T={T} {mode}: {tm['median_ms']:.2f} ms "
+                  f"{B * T / tm['median_ms'] / 1e3:.3f} Mtok/s finite={ok}", flush=True)
+            path.write_text(json.dumps(rec, indent=1))
+
+
+def run_stability(path: Path, T: int = 1 << 20 if DEVICE == "cuda" else 256) -> None:
+    """1M tokens at batch 1 with default-like gates through the streaming kernel: finite output and state."""
+    import torch
+
+    from titans_dna.kernels.titans_memory.fused_recurrent import fused_recurrent_titans_memory
+    xs, ws = memory_inputs(1, T, torch.bfloat16, False, seed=7)
+    t0 = time.time()
+    with torch.no_grad():
+        o, (fw, fs) = fused_recurrent_titans_memory(*xs, ws, chunk_size=CHUNK)
+    sync()
+    rec = dict(T=T, seconds=time.time() - t0, finite=finite(o, *fw, *fs),
+               max_abs_W=[w.abs().max().item() for w in fw], max_abs_S=[s.abs().max().item() for s in fs],
+               o_rms=o.float().pow(2).mean().sqrt().item())
+    print(f"[stability] {rec}", flush=True)
+    path.write_text(json.dumps(rec, indent=1))
+
+
+def run_peak(path: Path) -> None:
+    """Measured bf16 matmul rate (8192^3, random data) and device-to-device copy bandwidth."""
+    import torch
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    a @ b
+    mm = timed(lambda: a @ b, target_s=1.0, lo=20, hi=50)
+    x = torch.empty(GiB // 2, device="cuda", dtype=torch.float32)
+    y = torch.empty_like(x)
+    cp = timed(lambda: y.copy_(x), lo=10, hi=20)
+    rec = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+               triton=__import__("triton").__version__,
+               bf16_tflops=2 * 8192 ** 3 / (mm["median_ms"] * 1e-3) / 1e12,
+               copy_GBps=2 * x.numel() * 4 / (cp["median_ms"] * 1e-3) / 1e9)
+    print(f"[peak] {rec}", flush=True)
+    path.write_text(json.dumps(rec, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------- orchestration
+def child(args: list[str], cap: float, log) -> int:
+    """Run this script as a subprocess task under a wall-clock cap, its output teed to the log."""
+    cmd = [sys.executable, "-u", os.path.abspath(__file__), *args]
+    cmd += ["--allow-gdn-bwd"] if "--allow-gdn-bwd" in sys.argv else []
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    try:
+        out, _ = proc.communicate(timeout=cap)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        out += f"\n[bench] {' '.join(args)}: killed at the {cap:.0f} s cap\n"
+    print(out, end="", flush=True)
+    log.write(out)
+    log.flush()
+    print(f"[bench] {' '.join(args)}: rc {proc.returncode} in {time.time() - t0:.0f} s", flush=True)
+    return proc.returncode
+
+
+def precompile(jobs: list[tuple[int, str, str]], cap: float) -> float:
+    """Compile (CHECKS index, dtype, variant JSON) jobs in parallel processes: Triton compiles one kernel
+    at a time, and these kernels take tens of seconds each."""
+    t0 = time.time()
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--task", "compile", "--cfg", str(i),
+                               "--dtype", d, "--variant", v]) for i, d, v in jobs]
+    for p in procs:
+        try:
+            p.wait(timeout=max(1.0, cap - (time.time() - t0)))
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return time.time() - t0
+
+
+def load(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def markdown(res: dict) -> str:
+    """Result tables: M tokens/s as fwd+bwd / fwd and peak GiB per peer and shape, long lengths, check."""
+    lines = []
+    peak = res.get("peak") or {}
+    if peak:
+        lines += [f"Device: {peak.get('device')}, torch {peak.get('torch')}, Triton {peak.get('triton')}; "
+                  f"bf16 matmul {peak.get('bf16_tflops', 0):.0f} TFLOP/s, copy {peak.get('copy_GBps', 0):.0f} GB/s.",
+                  ""]
+    lines += ["| peer | " + " | ".join(f"{TOKENS // t}x{t // 1024}k" for t in LENGTHS) + " | peak GiB fwd+bwd / fwd |",
+              "|---" * (len(LENGTHS) + 2) + "|"]
+    for peer, r in res.get("peers", {}).items():
+        if not r:
+            lines.append(f"| {peer} | " + " | ".join("-" for _ in LENGTHS) + " | no result |")
+            continue
+        cells, peaks = [], []
+        for T in LENGTHS:
+            got = {c["mode"]: c for c in r["cases"] if c["T"] == T}
+            if not got:
+                cells.append("-")
+                continue
+            cells.append(" / ".join(f"{got[m]['tok_per_s'] / 1e6:.3g}" if got.get(m, {}).get("status") == "ok"
+                                    else got.get(m, {}).get("status", "-") for m in ("fwdbwd", "fwd")))
+            peaks.append(" / ".join(f"{got[m]['peak_GiB']:.1f}" if m in got else "-" for m in ("fwdbwd", "fwd")))
+        lines.append(f"| {peer} | " + " | ".join(cells) + f" | {', '.join(peaks)} |")
+    lines += ["", "Batch-1 forward: seconds per call (peak GiB)", "", "| peer | " + " | ".join(
+        f"{t // 1024}k" for t in LONG) + " |", "|---" * (len(LONG) + 1) + "|"]
+    for peer, r in res.get("peers", {}).items():
+        if r and r.get("long"):
+            got = {c["T"]: c for c in r["long"]}
+            lines.append(f"| {peer} | " + " | ".join(
+                (f"{got[t]['median_ms'] / 1e3:.3g} s ({got[t]['peak_GiB']:.1f})" if got[t].get("status") == "ok"
+                 else got[t]["status"]) if t in got else "-" for t in LONG) + " |")
+    if res.get("check"):
+        lines += ["", "Correctness vs float64 reference (worst relative error over outputs, state, gradients)",
+                  "", "| case | dtype | worst | error | tol | pass |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['name']} | {c['dtype']} | {c['worst']} | {c['errors'][c['worst']]:.2e} | {c['tol']:.0e} "
+                  f"| {'yes' if c['passed'] else 'NO'} |" for c in res["check"]]
+    if res.get("sweep"):
+        lines += ["", "Kernel-config sweep (ours, bf16): ms per call, fwd+bwd / fwd", "",
+                  "| variant | bf16 worst error | " + " | ".join(f"{TOKENS // t}x{t // 1024}k" for t in
+                                                             sorted({c["T"] for r in res["sweep"] if r
+                                                                     for c in r["cases"]})) + " |",
+                  "|---|---|" + "---|" * len({c["T"] for r in res["sweep"] if r for c in r["cases"]})]
+        for r in filter(None, res["sweep"]):
+            by = {(c["T"], c["mode"]): c["median_ms"] for c in r["cases"]}
+            cells = [f"{by.get((t, 'fwdbwd'), float('nan')):.2f} / {by.get((t, 'fwd'), float('nan')):.2f}"
+                     for t in sorted({c["T"] for c in r["cases"]})]
+            lines.append(f"| {json.dumps(r['variant'])} | {max(r['bf16_errors'].values()):.2e} | "
+                         + " | ".join(cells) + " |")
+    if res.get("stability"):
+        s = res["stability"]
+        lines += ["", f"Stability: {s['T']} tokens, finite={s['finite']}, max|W|={s['max_abs_W']}, "
+                  f"{s['seconds']:.2f} s"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=os.environ.get("OUT", "bench_out"), help="folder for results (default $OUT)")
+    p.add_argument("--peers", default="ours,naive,titans_pytorch,titans_pytorch_b64,fla_gdn,sdpa",
+                   help="comma list of peers to time")
+    p.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="sequence lengths (128k tokens each)")
+    p.add_argument("--long", default=",".join(map(str, LONG)), help="batch-1 forward lengths ('' for none)")
+    p.add_argument("--long-peers", default="ours,naive,fla_gdn,sdpa", help="peers that run the long lengths")
+    p.add_argument("--check", action="store_true", help="correctness vs the float64 reference first")
+    p.add_argument("--stability", action="store_true", help="1M-token stability run")
+    p.add_argument("--sweep", default="", help="JSON list of kernel_config overrides to time (ours, bf16)")
+    p.add_argument("--sweep-lengths", default="32768,131072", help="lengths for --sweep")
+    p.add_argument("--allow-gdn-bwd", action="store_true", help="lift fla's Hopper guard (timing only)")
+    p.add_argument("--task", help=argparse.SUPPRESS)
+    p.add_argument("--peer", help=argparse.SUPPRESS)
+    p.add_argument("--json", help=argparse.SUPPRESS)
+    p.add_argument("--cfg", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--dtype", help=argparse.SUPPRESS)
+    p.add_argument("--variant", default="{}", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    ints = [int(x) for x in a.lengths.split(",") if x]
+    long = [int(x) for x in a.long.split(",") if x]
+    if a.task:
+        task = {"peer": lambda: run_peer(a.peer, ints, long, Path(a.json)),
+                "check": lambda: run_check(Path(a.json)), "stability": lambda: run_stability(Path(a.json)),
+                "peak": lambda: run_peak(Path(a.json)),
+                "compile": lambda: run_compile(a.cfg, a.dtype, json.loads(a.variant)),
+                "sweep": lambda: run_sweep(json.loads(a.variant), ints, Path(a.json))}
+        task[a.task]()
+        return 0
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res: dict = dict(date=time.strftime("%Y-%m-%d %H:%M:%S"), argv=sys.argv[1:], peers={})
+    with open(out / "bench.log", "a") as log:
+        child(["--task", "peak", "--json", str(out / "peak.json")], 120, log)
+        res["peak"] = load(out / "peak.json")
+        variants = json.loads(a.sweep) if a.sweep else []
+        jobs = [(i, d, "{}") for i in range(len(CHECKS)) for d in ("float32", "bfloat16")] if a.check else []
+        jobs += [(0, "bfloat16", json.dumps(v)) for v in variants]
+        if "ours" in a.peers and not a.check:
+            jobs.append((0, "bfloat16", "{}"))
+        if jobs:
+            res["precompile_s"] = precompile(jobs, 240)
+            print(f"[bench] precompiled {len(jobs)} configurations in {res['precompile_s']:.0f} s", flush=True)
+        if a.check:
+            child(["--task", "check", "--json", str(out / "check.json")], 240, log)
+            res["check"] = load(out / "check.json")
+        for i, v in enumerate(variants):
+            path = out / f"sweep_{i}.json"
+            child(["--task", "sweep", "--variant", json.dumps(v), "--json", str(path), "--lengths",
+                   a.sweep_lengths], 150, log)
+            res.setdefault("sweep", []).append(load(path))
+        for spec in filter(None, a.peers.split(",")):
+            peer, _, own = spec.partition(":")  # "naive:32768/131072" times those lengths only
+            path = out / f"peer_{peer}.json"
+            child(["--task", "peer", "--peer", peer, "--json", str(path), "--lengths",
+                   own.replace("/", ",") if own else a.lengths,
+                   "--long", a.long if peer in a.long_peers.split(",") else ""], CAPS.get(peer, 120), log)
+            res["peers"][peer] = load(path)
+        if a.stability:
+            child(["--task", "stability", "--json", str(out / "stability.json")], 120, log)
+            res["stability"] = load(out / "stability.json")
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    (out / "results.md").write_text(markdown(res))
+    print(markdown(res), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,16 @@ MICRO = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these ops are tiny, and on a busy 2-core machine OpenMP threads that wait for
+    each other make every op ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def read_metrics(run_dir) -> list[dict]:
     with open(f"{run_dir}/metrics.csv", newline="") as fh:
         return list(csv.DictReader(fh))
@@ -54,8 +64,8 @@ def test_tiny_pretrain_learns_and_writes_run_folder(tmp_path, data_dir, seed):
     for name in ("config.yaml", "loss_curves.png", "train_state.pt", "checkpoint/model.safetensors"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tb").iterdir())
-    saved = compose_config([f"data_root={data_dir}"])  # the resolved config reruns the same experiment
-    assert str(data_dir.resolve()) in (run_dir / "config.yaml").read_text() and saved.data_root
+    saved = (run_dir / "config.yaml").read_text()  # resolved: reruns the same experiment from anywhere
+    assert f"data_root: {data_dir.resolve()}" in saved and f"run_dir: {run_dir}" in saved
     model = TitansDNA.from_pretrained(run_dir / "checkpoint")
     assert model.config.d_model == 64 and model.config.causal
 

@@ -110,6 +110,11 @@ def chunk_titans_memory(
         return q.new_empty(q.shape), ((tuple(ws), tuple(ss)) if output_final_state else None)
     tensors = list(weights) + ([*initial_state[0], *initial_state[1]] if initial_state is not None else [])
     q, k, v, theta, eta, alpha = (x.contiguous() for x in (q, k, v, theta, eta, alpha))
+    if not torch.is_grad_enabled() or not any(t.requires_grad for t in [q, k, v, theta, eta, alpha, *tensors]):
+        # nothing to differentiate: the forward without checkpoints
+        ws, ss = _start_state(weights, initial_state, q.shape[0])
+        o, _ = titans_memory_fwd(q, k, v, theta, eta, alpha, ws, ss, chunk_size, activation, save=False)
+        return o, ((tuple(ws), tuple(ss)) if output_final_state else None)
     out = ChunkTitansMemoryFunction.apply(q, k, v, theta, eta, alpha, chunk_size, activation, depth,
                                           initial_state is not None, *tensors)
     state = (tuple(out[1:1 + depth]), tuple(out[1 + depth:])) if output_final_state else None

@@ -280,27 +280,42 @@ def titans_memory_fwd_kernel(
         tl.debug_barrier()
 
 
+# Overrides of kernel_config's choices (keys BE_F, BE, num_warps, BF16, PREC), empty in normal use: the
+# benchmark sweeps tile sizes and dot precisions through it (bench/memory_kernels.py --sweep).
+TUNING: dict = {}
+
+
 def interpreting() -> bool:
     """True when Triton kernels run on the CPU interpreter (TRITON_INTERPRET=1, read at import)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def kernel_config(q: torch.Tensor, hidden: int, chunk_size: int) -> dict:
-    """Block sizes and precision for one call. BT: the chunk's token rows, a power of two >= 16 (tl.dot's
-    minimum). BE: hidden units per state tile; the backward keeps ~20 tiles live, so it takes smaller ones.
+    """Block sizes and precision for one call.
+
+    BT: the chunk's token rows, a power of two >= 16 (tl.dot's minimum). BE_F / BE: hidden units per state
+    tile in the forward / backward step. One chain is one program, so a program may take the whole
+    register file: 8 warps, and tiles sized so that sm_90 builds (Triton 3.6 and 3.9) spill little (the
+    backward keeps ~20 tiles live, hence its narrower ones; a [64, 64] float32 block is 16 registers per
+    thread at 8 warps). The interpreter takes wider tiles (fewer Python-level ops).
     Float32 inputs use 3xTF32 dots (near-float32 accuracy on the tensor cores; plain TF32 would miss the
-    1e-4 target); bf16/fp16 inputs use bf16 dots with float32 accumulation (see _mm)."""
+    1e-4 target); bf16/fp16 inputs use bf16 dots with float32 accumulation (see _mm).
+    """
     D = q.shape[-1]
     BT = max(16, triton.next_power_of_2(chunk_size))
     wide = BT * D > 64 * 64
-    return dict(
+    interp = interpreting()
+    cfg = dict(
         BT=BT,
-        BE_F=min(hidden, 32 if wide else 64),
-        BE=min(hidden, 16 if wide else 32),
-        BF16=0 if q.dtype == torch.float32 else (2 if interpreting() else 1),
-        PREC="ieee" if interpreting() else "tf32x3",
-        num_warps=4,
+        BE_F=min(hidden, 32 if wide or interp else 64),
+        BE=min(hidden, 32 if interp else 16),
+        BF16=0 if q.dtype == torch.float32 else (2 if interp else 1),
+        PREC="ieee" if interp else "tf32x3",
+        num_warps=8,
     )
+    cfg.update(TUNING)
+    cfg["BE_F"], cfg["BE"] = min(hidden, cfg["BE_F"]), min(hidden, cfg["BE"])
+    return cfg
 
 
 def checkpoint_every(n_chunks: int) -> int:

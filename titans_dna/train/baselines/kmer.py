@@ -126,7 +126,7 @@ class KmerLogReg:
         """Class probabilities float [n, n_classes]."""
         if self.coef is None:
             raise RuntimeError("KmerLogReg.predict_proba called before fit/load")
-        z = np.asarray(self.features(seqs) @ self.coef.T) + self.intercept
+        z = np.asarray(self.features(seqs) @ self.coef.T, dtype=np.float64) + self.intercept
         if self.coef.shape[0] == 1:  # binary: scikit-learn keeps one row, for class 1
             z = np.concatenate([np.zeros_like(z), z], axis=1)
         z -= z.max(axis=1, keepdims=True)

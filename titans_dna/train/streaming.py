@@ -1,0 +1,211 @@
+"""Streaming inference over whole chromosomes: one record (or BED region) is ONE causal sequence, read from
+the genome slice by slice and run through the model in pieces of ``piece_segments`` MAC segments with the
+model state carried (causal processing in pieces equals processing whole; see model/blocks.py). Only one
+piece's activations exist at a time; what leaves a piece is small: pooling accumulators, finished window
+embeddings and the per-position log-likelihoods.
+
+Log-likelihood track: the value at position i is log p(x_i | x_<i), read from the logits at i - 1 (carried
+across piece boundaries); NaN at position 0 and where x_i is not A/C/G/T (as ``inference.log_likelihood``
+counts). File writers are in ``stream_writers.py``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from titans_dna.data.bed import Interval, SequenceSource, check_intervals, read_bed
+from titans_dna.data.genome import Genome
+from titans_dna.data.tokenizer import BASE_IDS
+from titans_dna.model import TitansDNA
+from titans_dna.model.heads import check_pooling
+from titans_dna.train.classifiers import autocast
+
+PIECE_SEGMENTS = 16  # segments per piece: 4096 tokens with the presets' segment_len 256
+READ_BASES = 1 << 20  # bases fetched from the genome at a time (rounded to whole pieces)
+
+
+def region_name(region: Interval, genome: SequenceSource) -> str:
+    """``chrom`` for a whole record on the + strand, else ``chrom:start-end(strand)`` (as inference names
+    BED regions)."""
+    whole = region.start == 0 and region.end == genome.records[region.chrom] and region.strand == "+"
+    return region.chrom if whole else f"{region.chrom}:{region.start}-{region.end}({region.strand})"
+
+
+def genome_span(region: Interval, start: Tensor | int,
+                end: Tensor | int) -> tuple[Tensor | int, Tensor | int]:
+    """Genome coordinates (0-based half-open, + strand) of the region offsets [start, end)."""
+    if region.strand == "-":
+        return region.end - end, region.end - start
+    return region.start + start, region.start + end
+
+
+def open_regions(fasta: str | os.PathLike | None = None, bed: str | os.PathLike | None = None,
+                 reference: str | os.PathLike | None = None) -> tuple[Genome, list[Interval]]:
+    """The genome and the regions to stream: every record of an indexable FASTA, or the BED regions of a
+    reference. Streaming reads through pyfaidx, so stdin and GenBank/EMBL input are refused."""
+    if (fasta is None) == (bed is None):
+        raise ValueError("give either a FASTA file or --bed with --reference")
+    if fasta is not None:
+        if str(fasta) == "-":
+            raise ValueError("--stream reads the FASTA through its index: give a file, not stdin")
+        genome = Genome(fasta)
+        return genome, [Interval(name, 0, n) for name, n in genome.records.items()]
+    if reference is None:
+        raise ValueError("--bed needs --reference (the genome FASTA the regions refer to)")
+    genome = Genome(reference)
+    return genome, check_intervals(read_bed(bed), genome, bed_name=str(bed))
+
+
+class BinPooler:
+    """Pooling of consecutive bins of ``width`` positions (0..width-1, width..2*width-1, ...), fed piece by
+    piece; a bin split over pieces pools exactly as if it came in one piece."""
+
+    def __init__(self, how: str, width: int) -> None:
+        check_pooling(how)
+        if width < 1:
+            raise ValueError(f"bin width must be >= 1, got {width}")
+        self.how, self.width = how, width
+        self._open: tuple[int, Tensor, Tensor] | None = None  # (bin index, pooled or sum [d], count [])
+
+    def add(self, start: int, values: Tensor) -> tuple[Tensor, Tensor]:
+        """values [t, d] at positions start..start+t-1 -> (bin starts int64 [k], pooled [k, d]) of the bins
+        that this piece completes."""
+        w, t = self.width, values.shape[0]
+        dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+        values = values.to(dtype)
+        first = start // w
+        local = torch.arange(start, start + t, device=values.device) // w - first
+        nb = int(local[-1]) + 1
+        counts = torch.bincount(local, minlength=nb).to(dtype)
+        bin_lo = torch.arange(first, first + nb, device=values.device) * w
+        if self.how == "mean":
+            acc = values.new_zeros(nb, values.shape[1]).index_add_(0, local, values)
+        elif self.how == "max":
+            acc = values.new_full((nb, values.shape[1]), -math.inf).index_reduce_(0, local, values, "amax")
+        elif self.how == "first":
+            acc = values[bin_lo.clamp(min=start) - start]
+        else:
+            acc = values[(bin_lo + w).clamp(max=start + t) - 1 - start]
+        if self._open is not None and self._open[0] == first:  # the bin the previous piece left open
+            _, prev, prev_count = self._open
+            if self.how == "mean":
+                acc[0] += prev
+            elif self.how == "max":
+                acc[0] = torch.maximum(acc[0], prev)
+            elif self.how == "first":
+                acc[0] = prev
+            counts[0] += prev_count
+        done = nb if (start + t) % w == 0 else nb - 1
+        self._open = None if done == nb else (first + nb - 1, acc[-1], counts[-1])
+        return bin_lo[:done], self._result(acc[:done], counts[:done])
+
+    def finish(self) -> tuple[Tensor, Tensor] | None:
+        """The bin left open at the end of the stream (a last, shorter bin): (start [1], pooled [1, d]), or
+        None when the stream ended on a bin boundary."""
+        if self._open is None:
+            return None
+        index, acc, count = self._open
+        self._open = None
+        return torch.tensor([index * self.width], device=acc.device), self._result(acc[None], count[None])
+
+    def _result(self, acc: Tensor, counts: Tensor) -> Tensor:
+        return acc / counts[:, None] if self.how == "mean" else acc
+
+
+@dataclass
+class StreamPiece:
+    """What one piece of a region stream produces (tensors on the CPU)."""
+
+    start: int  # offset of the piece's first position in the region
+    loglik: Tensor  # [t] float: log p(x_i | x_<i) per position, NaN where not scored
+    window_starts: Tensor  # [k] int64 region offsets of the windows finished in this piece
+    windows: Tensor  # [k, d_model] pooled hidden states of those windows
+
+
+class RegionStream:
+    """Iterate over one region as ONE sequence, piece by piece, under no_grad in eval mode.
+
+    After the iteration: ``embedding`` [d_model] (the whole region pooled with ``pooling``),
+    ``log_likelihood`` (nats, summed over scored positions) and ``scored`` (how many positions).
+
+    Args:
+        model: a causal TitansDNA (an MLM model streams exactly too, pieces being whole segments, but its
+            log-likelihoods mean nothing).
+        genome: where the tokens come from (``Genome``, or anything with ``fetch_ids``).
+        region: the interval to stream (``-`` strand: its reverse complement, read from the far end).
+        stride: window width in bp for per-window embeddings (None: no windows).
+        pooling: "mean" | "max" | "first" | "last", for the region and its windows.
+        piece_segments: segments of ``segment_len`` tokens per forward call.
+        precision: "fp32" | "bf16" | "fp16" | "auto" (autocast; weights keep their dtype).
+    """
+
+    def __init__(self, model: TitansDNA, genome: SequenceSource, region: Interval,
+                 stride: int | None = None, pooling: str = "mean", piece_segments: int = PIECE_SEGMENTS,
+                 precision: str = "fp32") -> None:
+        if piece_segments < 1:
+            raise ValueError(f"piece_segments must be >= 1, got {piece_segments}")
+        if len(region) < 1:
+            raise ValueError(f"cannot stream an empty region {region.chrom}:{region.start}-{region.end}")
+        self.model, self.genome, self.region, self.precision = model, genome, region, precision
+        self.piece = piece_segments * model.config.segment_len
+        self.pooler = BinPooler(pooling, len(region))
+        self.windows = BinPooler(pooling, stride) if stride is not None else None
+        self.embedding: Tensor | None = None
+        self.log_likelihood, self.scored = 0.0, 0
+
+    def _token_pieces(self) -> Iterator[tuple[int, Tensor]]:
+        """(region offset, ids long [<= piece] on the model's device), fetched READ_BASES at a time."""
+        length, piece = len(self.region), self.piece
+        read = max(1, READ_BASES // piece) * piece
+        for block_start in range(0, length, read):
+            lo, hi = genome_span(self.region, block_start, min(block_start + read, length))
+            ids, _ = self.genome.fetch_ids(self.region.chrom, lo, hi, self.region.strand)
+            block = torch.from_numpy(np.ascontiguousarray(ids)).to(self.model.device, torch.long)
+            for offset in range(0, block.shape[0], piece):
+                yield block_start + offset, block[offset:offset + piece]
+
+    def __iter__(self) -> Iterator[StreamPiece]:
+        model, length = self.model, len(self.region)
+        bases = torch.tensor(BASE_IDS, device=model.device)
+        state, context = None, None
+        totals = torch.zeros(2, dtype=torch.float64, device=model.device)  # log-likelihood, scored
+        was_training = model.training
+        model.eval()
+        try:
+            for start, ids in self._token_pieces():
+                last = start + ids.shape[0] == length
+                with torch.no_grad(), autocast(model.device, self.precision):
+                    out = model(ids[None], state=state, return_state=not last)
+                state = out.state
+                logits = out.logits[0]
+                logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+                if context is None:  # position 0 of the region has no context
+                    context = logp.new_full((1, logp.shape[1]), math.nan)
+                picked = torch.cat([context, logp[:-1]]).gather(1, ids[:, None])[:, 0]
+                context = logp[-1:]
+                scored = torch.isin(ids, bases) & ~torch.isnan(picked)
+                totals += torch.stack([torch.where(scored, picked, 0.0).sum(), scored.sum()]).double()
+                hidden = out.hidden_states[0]
+                whole = self.pooler.add(start, hidden)[1]  # the region is one bin, done at its last piece
+                if last:
+                    self.embedding = whole[0].cpu()
+                yield self._piece(start, hidden, torch.where(scored, picked, math.nan), last)
+        finally:
+            model.train(was_training)
+        self.log_likelihood, self.scored = float(totals[0]), int(totals[1])
+
+    def _piece(self, start: int, hidden: Tensor, loglik: Tensor, last: bool) -> StreamPiece:
+        if self.windows is None:
+            starts, pooled = torch.zeros(0, dtype=torch.long), hidden.new_zeros(0, hidden.shape[1])
+        else:
+            starts, pooled = self.windows.add(start, hidden)
+            tail = self.windows.finish() if last else None
+            if tail is not None:
+                starts, pooled = torch.cat([starts, tail[0]]), torch.cat([pooled, tail[1]])
+        return StreamPiece(start, loglik.cpu(), starts.cpu(), pooled.cpu())

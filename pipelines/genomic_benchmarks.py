@@ -27,12 +27,23 @@ from titans_dna.train.evaluate import write_json
 from titans_dna.train.finetune import finetune_from_config
 
 MODELS = ("titans-pretrained", "titans-scratch", "cnn", "kmer")
-SKIPPED_TASKS = {"custom", "ienhancer_original"}  # custom needs a user path; ienhancer covers the original set
+SKIPPED_TASKS = {
+    "custom",
+    "ienhancer_original",
+}  # custom needs a user path; ienhancer covers the original set
 # DNABERT-2 (Zhou et al. 2024, Table 3), test MCC x 100 as published; 117M parameters.
-DNABERT2_PUBLISHED = {"gue_tf_0": 71.99, "gue_tf_1": 76.06, "gue_tf_2": 66.52, "gue_tf_3": 58.54,
-                      "gue_tf_4": 77.43, "gue_prom_core_all": 69.37, "gue_prom_core_notata": 68.04,
-                      "gue_prom_core_tata": 74.17}
-QUICK = {"max_rows": 96, "max_steps": 3, "seeds": [0], "preset": "tiny"}
+DNABERT2_PUBLISHED = {
+    "gue_tf_0": 71.99,
+    "gue_tf_1": 76.06,
+    "gue_tf_2": 66.52,
+    "gue_tf_3": 58.54,
+    "gue_tf_4": 77.43,
+    "gue_prom_core_all": 69.37,
+    "gue_prom_core_notata": 68.04,
+    "gue_prom_core_tata": 74.17,
+}
+# --quick: small enough for a CPU in minutes (the tiny preset trains at ~2 s per 16 x 200 bp batch there).
+QUICK = {"max_rows": 64, "max_steps": 2, "seeds": [0], "preset": "tiny", "overrides": ["train.batch_size=16"]}
 
 
 def available_tasks(overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -65,15 +76,25 @@ def run_one(task: str, model: str, args: argparse.Namespace, out: Path) -> dict 
     if (run_dir / "metrics.json").is_file() and not args.rerun:
         return json.loads((run_dir / "metrics.json").read_text())
     seeds = "[" + ",".join(str(s) for s in args.seeds) + "]"
-    cfg = compose_config([f"task={task}", *extra, f"seeds={seeds}", f"run_dir={run_dir}", f"device={args.device}",
-                          *args.overrides], base_overrides=["train=finetune"])
+    cfg = compose_config(
+        [
+            f"task={task}",
+            *extra,
+            f"seeds={seeds}",
+            f"run_dir={run_dir}",
+            f"device={args.device}",
+            *args.overrides,
+        ],
+        base_overrides=["train=finetune"],
+    )
     if model == "titans-scratch" and args.init:
         # From scratch means the pretrained architecture with random weights: copy its config.
         arch = json.loads((Path(args.init) / "config.json").read_text())
         cfg.model = OmegaConf.create({"_target_": "titans_dna.model.TitansConfig", **arch})
     print(f"== {task} / {model}", flush=True)
-    return finetune_from_config(cfg, max_rows=args.max_rows, max_steps=args.max_steps,
-                                progress=not args.no_progress)
+    return finetune_from_config(
+        cfg, max_rows=args.max_rows, max_steps=args.max_steps, progress=not args.no_progress
+    )
 
 
 def _cell(summary: dict | None, test: str, metric: str) -> str:
@@ -92,19 +113,35 @@ def results_table(results: dict[str, dict[str, dict | None]], models: list[str])
         head = ["task", "test set", "n test", "test in train", *models]
         if metric == "mcc":
             head.append("DNABERT-2 (published)")
-        lines += [f"### Test {metric.upper() if metric == 'mcc' else metric} x 100: mean over seeds "
-                  "(max-min spread)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += [
+            f"### Test {metric.upper() if metric == 'mcc' else metric} x 100: mean over seeds "
+            "(max-min spread)",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
         for task, by_model in results.items():
             first = next((s for s in by_model.values() if s is not None), None)
             if first is None:
                 continue
             for test in first["summary"]:
                 n = first["per_seed"][0]["test"][test]["n"]
-                overlap = first["info"].get("overlap", {}).get("test_in_train", "-") if test == "test" else "-"
-                row = [task, test, str(n), str(overlap), *(_cell(by_model.get(m), test, metric) for m in models)]
+                overlap = (
+                    first["info"].get("overlap", {}).get("test_in_train", "-") if test == "test" else "-"
+                )
+                row = [
+                    task,
+                    test,
+                    str(n),
+                    str(overlap),
+                    *(_cell(by_model.get(m), test, metric) for m in models),
+                ]
                 if metric == "mcc":
-                    row.append(f"{DNABERT2_PUBLISHED[task]:.2f}" if task in DNABERT2_PUBLISHED and test == "test"
-                               else "-")
+                    row.append(
+                        f"{DNABERT2_PUBLISHED[task]:.2f}"
+                        if task in DNABERT2_PUBLISHED and test == "test"
+                        else "-"
+                    )
                 lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -112,8 +149,12 @@ def results_table(results: dict[str, dict[str, dict | None]], models: list[str])
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="Hydra overrides for every run (e.g. train.max_epochs=10 data_root=/data)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="Hydra overrides for every run (e.g. train.max_epochs=10 data_root=/data)",
+    )
     p.add_argument("--init", default=None, help="pretrained checkpoint folder (needed for titans-pretrained)")
     p.add_argument("--out", default="runs/genomic_benchmarks", help="output folder")
     p.add_argument("--tasks", nargs="+", default=None, help="task names (default: all with data present)")
@@ -123,9 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per seed")
     p.add_argument("--max-rows", type=int, default=None, help="cap every split at this many rows")
-    p.add_argument("--quick", action="store_true",
-                   help=f"CPU smoke test: {QUICK['max_rows']} rows per split, {QUICK['max_steps']} steps, "
-                   "one seed, the tiny preset")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"CPU smoke test: {QUICK['max_rows']} rows per split, {QUICK['max_steps']} steps of 16 "
+        "sequences, one seed, the tiny preset",
+    )
     p.add_argument("--rerun", action="store_true", help="rerun (task, model) pairs that already have results")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -133,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         args.max_rows = args.max_rows or QUICK["max_rows"]
         args.max_steps = args.max_steps or QUICK["max_steps"]
         args.seeds, args.preset = QUICK["seeds"], QUICK["preset"]
+        args.overrides = QUICK["overrides"] + args.overrides
     out = Path(args.out).resolve()
     tasks, missing = available_tasks(args.overrides)
     if args.tasks:
@@ -146,8 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in args.models if any(results[t][m] is not None for t in tasks)]
     table = results_table(results, models)
     atomic_write_text(out / "results.md", f"# Fine-tuning results ({out})\n\n{table}")
-    write_json(out / "results.json", {"tasks": tasks, "skipped": missing, "models": models, "seeds": args.seeds,
-                                      "results": results, "dnabert2_published_mcc": DNABERT2_PUBLISHED})
+    write_json(
+        out / "results.json",
+        {
+            "tasks": tasks,
+            "skipped": missing,
+            "models": models,
+            "seeds": args.seeds,
+            "results": results,
+            "dnabert2_published_mcc": DNABERT2_PUBLISHED,
+        },
+    )
     print(table)
     print(f"results: {out / 'results.md'}, {out / 'results.json'}")
     return 0

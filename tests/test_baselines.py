@@ -56,8 +56,9 @@ def test_kmer_logreg_learns_a_gue_task_and_round_trips(data_dir, tmp_path):
     folder = data_dir / "benchmarks/GUE/prom/prom_core_tata"
     seqs, labels, _ = read_labelled(folder / "train.csv.gz")
     vseqs, vlabels, _ = read_labelled(folder / "dev.csv.gz")
-    model = KmerLogReg(k=4).fit(seqs[:600], labels[:600], vseqs[:300], vlabels[:300], n_classes=2,
-                                c_grid=(0.1, 1.0))
+    model = KmerLogReg(k=4).fit(
+        seqs[:600], labels[:600], vseqs[:300], vlabels[:300], n_classes=2, c_grid=(0.1, 1.0)
+    )
     assert set(model.search) == {0.1, 1.0} and model.C in model.search
     probs = model.predict_proba(vseqs[:300])
     assert probs.shape == (300, 2)

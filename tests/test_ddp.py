@@ -45,7 +45,10 @@ def test_two_process_ddp_and_fsdp_match_single_process(tmp_path, data_dir, seed)
         assert [(r["step"], r["split"]) for r in rows] == [(r["step"], r["split"]) for r in one]
         for a, b in zip(rows, one, strict=True):
             assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4, abs=1e-5), (strategy, a, b)
+        # Norm-wise: Adam's first steps are ~lr * sign(grad), so a gradient within rounding of 0 may flip
+        # one element by 2 lr; data on the wrong rank would move every element.
         weights = load_file(tmp_path / strategy / "checkpoint" / "model.safetensors")
         assert weights.keys() == w_one.keys()
-        for name in weights:
-            torch.testing.assert_close(weights[name], w_one[name], rtol=1e-4, atol=1e-5, msg=f"{strategy} {name}")
+        for name, w in weights.items():
+            error = ((w - w_one[name]).norm() / w_one[name].norm()).item()
+            assert error < 1e-3, (strategy, name, error)

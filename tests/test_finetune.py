@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from titans_dna.cli import main
 from titans_dna.train.classifiers import load_classifier, predict_proba
@@ -15,9 +16,28 @@ from titans_dna.train.configs import compose_config, data_path
 from titans_dna.train.finetune_data import Split, load_task, overlap_counts, stratified_partition
 from titans_dna.train.metrics import classification_metrics, save_confusion_matrix, summarize_seeds
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: OpenMP threads spinning against other processes cost
+    20x more than they gain, so these tests run single-threaded (and restore the setting after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # A 1-layer, 32-wide Titans model: the smallest that exercises every part of the MAC block.
-TINY_MODEL = ["model.d_model=32", "model.n_heads=1", "model.head_dim=32", "model.n_layers=1",
-              "model.chunk_size=8", "model.segment_len=32", "model.n_persistent=2", "model.window=32"]
+TINY_MODEL = [
+    "model.d_model=32",
+    "model.n_heads=1",
+    "model.head_dim=32",
+    "model.n_layers=1",
+    "model.chunk_size=8",
+    "model.segment_len=32",
+    "model.n_persistent=2",
+    "model.window=32",
+]
 
 
 def _onehot_probs(scores_pos: list[float]) -> np.ndarray:
@@ -44,8 +64,12 @@ def test_multiclass_metrics_are_macro_and_single_class_auroc_is_nan():
     assert m["f1"] == pytest.approx(7 / 9) and m["accuracy"] == pytest.approx(0.75)
     assert 0 < m["auroc"] <= 1
     assert math.isnan(classification_metrics([1, 1], _onehot_probs([0.2, 0.9]))["auroc"])
-    summary = summarize_seeds([{"accuracy": 0.5, "mcc": 0.1, "f1": 0.2, "auroc": math.nan},
-                               {"accuracy": 0.7, "mcc": 0.3, "f1": 0.4, "auroc": 0.8}])
+    summary = summarize_seeds(
+        [
+            {"accuracy": 0.5, "mcc": 0.1, "f1": 0.2, "auroc": math.nan},
+            {"accuracy": 0.7, "mcc": 0.3, "f1": 0.4, "auroc": 0.8},
+        ]
+    )
     assert summary["accuracy"] == pytest.approx({"mean": 0.6, "spread": 0.2, "min": 0.5, "max": 0.7})
     assert summary["auroc"]["mean"] == 0.8  # NaN seeds are left out
 
@@ -68,7 +92,9 @@ def test_stratified_partition_is_seeded_disjoint_and_balanced(seed):
     assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
     train = Split(["AC", "GT", "TT"], np.array([0, 1, 0]), ["a", "b", "c"])
     assert overlap_counts(train, Split(["ac", "GG", "TT"], np.array([1, 0, 0]), ["x", "y", "z"])) == {
-        "test_in_train": 2, "test_in_train_other_label": 1}
+        "test_in_train": 2,
+        "test_in_train_other_label": 1,
+    }
 
 
 def _task(name: str, *overrides: str):
@@ -96,9 +122,21 @@ def test_genomic_benchmarks_proxy_split_is_fixed_70_10_20(data_dir):
 
 def test_finetune_cli_on_a_gue_subsample(data_dir, tmp_path, seed):
     run = tmp_path / "run"
-    argv = ["finetune", "task=gue_prom_core_tata", f"data_root={data_dir}", f"run_dir={run}", f"seeds=[{seed % 1000}]",
-            "train.batch_size=8", "train.rc_conjoin=true", *TINY_MODEL, "--max-rows", "24", "--max-steps", "2",
-            "--no-progress"]
+    argv = [
+        "finetune",
+        "task=gue_prom_core_tata",
+        f"data_root={data_dir}",
+        f"run_dir={run}",
+        f"seeds=[{seed % 1000}]",
+        "train.batch_size=8",
+        "train.rc_conjoin=true",
+        *TINY_MODEL,
+        "--max-rows",
+        "24",
+        "--max-steps",
+        "2",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["task"] == "gue_prom_core_tata" and summary["model"] == "titans-scratch"
@@ -113,8 +151,11 @@ def test_finetune_cli_on_a_gue_subsample(data_dir, tmp_path, seed):
     assert fit["steps"] == 2 and fit["history"]
     # The saved model reproduces the test predictions.
     model, meta = load_classifier(seed_dir / "model")
-    test = load_task(compose_config(["task=gue_prom_core_tata", f"data_root={data_dir}"]).task,
-                     lambda p: data_dir / p, max_rows=24).tests["test"]
+    test = load_task(
+        compose_config(["task=gue_prom_core_tata", f"data_root={data_dir}"]).task,
+        lambda p: data_dir / p,
+        max_rows=24,
+    ).tests["test"]
     probs = predict_proba(model, test.seqs, rc_conjoin=meta["rc_conjoin"])
     saved = np.array([[float(x) for x in r.split("\t")[3:]] for r in rows[1:]])
     np.testing.assert_allclose(probs, saved, atol=1e-5)
@@ -122,16 +163,32 @@ def test_finetune_cli_on_a_gue_subsample(data_dir, tmp_path, seed):
 
 def test_finetune_baselines_and_a_missing_label_column(data_dir, tmp_path, capsys):
     run = tmp_path / "kmer"
-    argv = ["finetune", "task=gue_tf_1", "model=kmer_logreg", "model.k=3", f"data_root={data_dir}",
-            f"run_dir={run}", "seeds=[0]", "--max-rows", "200", "--no-progress"]
+    argv = [
+        "finetune",
+        "task=gue_tf_1",
+        "model=kmer_logreg",
+        "model.k=3",
+        f"data_root={data_dir}",
+        f"run_dir={run}",
+        "seeds=[0]",
+        "--max-rows",
+        "200",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert json.loads((run / "metrics.json").read_text())["per_seed"][0]["test"]["test"]["n"] == 200
     bad = tmp_path / "bad"
     bad.mkdir()
     for name in ("train.csv", "test.csv"):
         (bad / name).write_text("sequence,class\nACGTACGT,1\nTTTTACGA,0\n")
-    argv = ["finetune", "task=custom", f"task.path={bad}", "model=kmer_logreg", f"run_dir={tmp_path / 'x'}",
-            "--no-progress"]
+    argv = [
+        "finetune",
+        "task=custom",
+        f"task.path={bad}",
+        "model=kmer_logreg",
+        f"run_dir={tmp_path / 'x'}",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "train.csv" in err and "label" in err

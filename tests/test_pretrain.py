@@ -72,8 +72,8 @@ def test_tiny_pretrain_learns_and_writes_run_folder(tmp_path, data_dir, seed):
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, data_dir, seed, monkeypatch):
     # MLM with down-weighted soft-masked bases: the masking generator's state must survive the restart.
-    overrides = [*MICRO, f"seed={seed}", "train.objective=mlm", "train.soft_mask_weight=0.5", "train.max_steps=4",
-                 "train.val_every=2", "train.checkpoint_every=2"]
+    overrides = [*MICRO, f"seed={seed}", "train.objective=mlm", "train.soft_mask_weight=0.5",
+                 "train.max_steps=4", "train.val_every=2", "train.checkpoint_every=2"]
     full = compose_config([*overrides, f"run_dir={tmp_path / 'full'}"])
     pretrain(full)
 

@@ -202,16 +202,17 @@ def _run_pretrain(args: argparse.Namespace) -> int:
 
 def _add_finetune(subparsers) -> None:
     p = subparsers.add_parser(
-        "finetune", help="fine-tune a classifier on a labelled task (Titans-DNA, or the CNN / k-mer baselines)",
+        "finetune", help="fine-tune a classifier on a labelled task (Titans-DNA, CNN or k-mer baselines)",
         description="Caduceus protocol: train on train, early-stop on validation (the task's dev split or a "
         "stratified 10%% of train), test once per seed with the best weights; writes metrics.json (mean and "
-        "max-min spread over seeds), predictions and confusion matrices into the run folder. Hydra overrides: "
-        "task=gue_tf_0 init=CHECKPOINT model=small|cnn_baseline|kmer_logreg seeds=[0,1,2] train.lr=1e-4 ...",
+        "max-min spread over seeds), predictions and confusion matrices into the run folder. "
+        "Hydra overrides: task=gue_tf_0 init=CHECKPOINT model=small|cnn_baseline|kmer_logreg "
+        "seeds=[0,1,2] train.lr=1e-4 ...",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides (see configs/)")
-    p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per seed (smoke tests)")
-    p.add_argument("--max-rows", type=int, default=None, help="cap every split at this many rows (stratified)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per seed (smoke test)")
+    p.add_argument("--max-rows", type=int, default=None, help="cap each split at this many rows (stratified)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=_run_finetune)
 
@@ -324,14 +325,46 @@ def _add_embed(subparsers) -> None:
     p.add_argument("--out", required=True, help="output .h5 file")
     p.add_argument("--pooling", choices=("mean", "max", "first", "last"), default="mean", help="pooling")
     p.add_argument("--per-token", action="store_true", help="keep every token's embedding (no pooling)")
-    p.add_argument("--rc-average", action="store_true", help="average with the reverse complement's embedding")
+    p.add_argument("--rc-average", action="store_true", help="average with the reverse complement embedding")
+    _add_stream_args(p, stride=1000, stride_help="with --stream: width in bp of the per-window embeddings "
+                     "('windows', 'window_start', 'window_end'); 0 for none")
     _add_runtime_args(p, batch_size=32)
     p.set_defaults(run=_run_embed)
+
+
+def _add_stream_args(p: argparse.ArgumentParser, stride: int, stride_help: str) -> None:
+    p.add_argument("--stream", action="store_true",
+                   help="run each record (or --bed region) as ONE sequence, piece by piece with the model "
+                   "state carried: whole chromosomes in constant memory (needs an indexed FASTA, not stdin)")
+    p.add_argument("--stride", type=int, default=stride, help=stride_help)
+    p.add_argument("--piece-segments", type=int, default=16, help="with --stream: model segments per forward")
+
+
+def _stream_input(args: argparse.Namespace):
+    from titans_dna.train.inference import load_backbone
+    from titans_dna.train.streaming import open_regions
+
+    if args.stride < 0:
+        raise ValueError(f"--stride must be >= 0, got {args.stride}")
+    genome, regions = open_regions(args.fasta, args.bed, args.reference)
+    return load_backbone(args.checkpoint, _device(args.device)), genome, regions
 
 
 def _run_embed(args: argparse.Namespace) -> int:
     from titans_dna.train.inference import embed_file, load_backbone
 
+    if args.stream:
+        from titans_dna.train.stream_writers import stream_embed_file
+
+        if args.per_token or args.rc_average:
+            raise ValueError("--stream does not combine with --per-token (use --stride 1) or --rc-average")
+        model, genome, regions = _stream_input(args)
+        done = stream_embed_file(model, genome, regions, args.out, args.stride or None, args.pooling,
+                                 args.piece_segments, _PRECISION[args.dtype], progress=not args.no_progress)
+        bases, seconds = sum(s.length for s in done), sum(s.seconds for s in done)
+        print(f"{args.out}: {len(done)} records streamed, {bases:,} bp in {seconds:.1f} s, "
+              f"d_model {model.config.d_model}")
+        return 0
     model = load_backbone(args.checkpoint, _device(args.device))
     n = embed_file(model, _records(args), args.out, args.pooling, args.per_token, args.rc_average,
                    args.batch_size, _PRECISION[args.dtype], with_coords=args.bed is not None,
@@ -375,7 +408,10 @@ def _add_score(subparsers) -> None:
     )
     _add_input_args(p)
     p.add_argument("--checkpoint", required=True, help="pretrained causal model folder or shipped name")
-    p.add_argument("--out", default="-", help="output TSV (- for stdout)")
+    p.add_argument("--out", default="-", help="output TSV (- for stdout); with --stream: the per-position "
+                   "track, .h5/.hdf5 for HDF5, else bedGraph (- for stdout)")
+    _add_stream_args(p, stride=1, stride_help="with --stream: bp per track bin, each bin holding the mean "
+                     "log-likelihood of its bases (1: every base)")
     _add_runtime_args(p, batch_size=16)
     p.set_defaults(run=_run_score)
 
@@ -383,6 +419,19 @@ def _add_score(subparsers) -> None:
 def _run_score(args: argparse.Namespace) -> int:
     from titans_dna.train.inference import load_backbone, score_file
 
+    if args.stream:
+        from titans_dna.train.stream_writers import stream_score_file
+
+        if args.stride < 1:
+            raise ValueError(f"--stride must be >= 1 for score --stream, got {args.stride}")
+        model, genome, regions = _stream_input(args)
+        done = stream_score_file(model, genome, regions, args.out, args.stride, args.piece_segments,
+                                 _PRECISION[args.dtype], progress=not args.no_progress)
+        report = sys.stderr if args.out == "-" else sys.stdout  # stdout may carry the bedGraph
+        for s in done:
+            print(f"{s.name}: {s.length:,} bp, log-likelihood {s.log_likelihood:.3f} nats over {s.scored:,} "
+                  f"bases ({s.nats_per_base:.4f} nats/base) in {s.seconds:.1f} s", file=report)
+        return 0
     model = load_backbone(args.checkpoint, _device(args.device))
     n = score_file(model, _records(args), args.out, args.batch_size, _PRECISION[args.dtype],
                    progress=not args.no_progress)
@@ -394,9 +443,9 @@ def _run_score(args: argparse.Namespace) -> int:
 def _add_score_variants(subparsers) -> None:
     p = subparsers.add_parser(
         "score-variants", help="zero-shot variant effects: log-likelihood ratio alt vs ref (both strands)",
-        description="For each ALT allele: LLR = log p(alt window) - log p(ref window) under the causal model, "
-        "averaged with the same on the reverse strand. REF must match --reference (else an error names the "
-        "VCF line). Output: TSV, or with --out x.vcf the input VCF with INFO/TITANS_LLR.",
+        description="For each ALT allele: LLR = log p(alt window) - log p(ref window) under the causal "
+        "model, averaged with the same on the reverse strand. REF must match --reference (else an error "
+        "names the VCF line). Output: TSV, or with --out x.vcf the input VCF with INFO/TITANS_LLR.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("vcf", metavar="VCF", help="variants (VCF, gzip ok)")

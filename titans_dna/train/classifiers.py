@@ -41,7 +41,9 @@ def model_kind(model_cfg: Mapping) -> str:
     """The classifier kind a ``model`` config builds (``titans``, ``cnn_baseline`` or ``kmer_logreg``)."""
     target = model_cfg.get("_target_")
     if target not in KINDS:
-        raise ValueError(f"model._target_ {target!r} is not a classifier kind; expected one of {sorted(KINDS)}")
+        raise ValueError(
+            f"model._target_ {target!r} is not a classifier kind; expected one of {sorted(KINDS)}"
+        )
     return KINDS[target]
 
 
@@ -57,7 +59,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @dataclass
 class EncodedSeqs:
-    """Token ids of n sequences, right-padded: ``ids`` uint8 [n, L_max] (PAD after the end), ``lengths`` [n]."""
+    """Token ids of n sequences, right-padded: ``ids`` uint8 [n, L_max] (PAD after the end) and
+    ``lengths`` [n]."""
 
     ids: torch.Tensor
     lengths: torch.Tensor
@@ -73,8 +76,9 @@ class EncodedSeqs:
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
 
-    def batch(self, index: torch.Tensor, device: torch.device,
-              reverse_complement: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, index: torch.Tensor, device: torch.device, reverse_complement: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input_ids long [b, l], attention_mask bool [b, l])`` cut to the batch's longest sequence;
         with ``reverse_complement`` each row is its own reverse complement, still left-aligned."""
         lengths = self.lengths[index]
@@ -86,8 +90,14 @@ class EncodedSeqs:
         return ids.to(device), mask.to(device)
 
 
-def build_classifier(kind: str, model_cfg: Mapping, num_classes: int, input_len: int,
-                     init: str | os.PathLike | None = None, pooling: str = "mean") -> nn.Module | KmerLogReg:
+def build_classifier(
+    kind: str,
+    model_cfg: Mapping,
+    num_classes: int,
+    input_len: int,
+    init: str | os.PathLike | None = None,
+    pooling: str = "mean",
+) -> nn.Module | KmerLogReg:
     """A fresh classifier: Titans-DNA (pretrained from ``init``, else random with ``model_cfg``) + head,
     the CNN sized for ``input_len``, or an unfitted k-mer model."""
     fields = {k: v for k, v in model_cfg.items() if k != "_target_"}
@@ -109,9 +119,16 @@ def iter_batches(n: int, batch_size: int, progress: bool = False, desc: str = ""
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module | KmerLogReg, seqs: Sequence[str] | EncodedSeqs, batch_size: int = 64,
-                  device: torch.device | str = "cpu", precision: str = "auto", rc_conjoin: bool = False,
-                  progress: bool = False, raw_seqs: Sequence[str] | None = None) -> np.ndarray:
+def predict_proba(
+    model: nn.Module | KmerLogReg,
+    seqs: Sequence[str] | EncodedSeqs,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
+    rc_conjoin: bool = False,
+    progress: bool = False,
+    raw_seqs: Sequence[str] | None = None,
+) -> np.ndarray:
     """Class probabilities float64 [n, C].
 
     Args:
@@ -147,8 +164,11 @@ def save_classifier(model: nn.Module | KmerLogReg, folder: str | os.PathLike, me
     kind = meta["kind"]
     if kind == "titans":
         model.backbone.save_pretrained(folder / "backbone")
-        head = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-                if not k.startswith("backbone.")}
+        head = {
+            k: v.detach().cpu().contiguous()
+            for k, v in model.state_dict().items()
+            if not k.startswith("backbone.")
+        }
         with atomic_path(folder / "head.safetensors") as tmp:
             save_file(head, str(tmp))
     elif kind == "cnn_baseline":
@@ -161,12 +181,28 @@ def save_classifier(model: nn.Module | KmerLogReg, folder: str | os.PathLike, me
     atomic_write_text(folder / META_NAME, json.dumps(meta, indent=2) + "\n")
 
 
-def load_classifier(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module | KmerLogReg, dict]:
+def model_dir(checkpoint: str | os.PathLike) -> Path:
+    """The fine-tuned model folder behind a path: the folder itself, or the ``model/`` inside a seed
+    folder."""
+    path = Path(checkpoint)
+    for candidate in (path, path / "model"):
+        if (candidate / META_NAME).is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{path}: not a fine-tuned model (no {META_NAME} in it or in {path / 'model'}); "
+        "pass a finetune run's seed_<n> folder"
+    )
+
+
+def load_classifier(
+    folder: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module | KmerLogReg, dict]:
     """Read a classifier written by :func:`save_classifier`; returns ``(model, meta)``."""
     folder = Path(folder)
     if not (folder / META_NAME).is_file():
-        raise FileNotFoundError(f"{folder}: no {META_NAME}; expected a fine-tuned model folder "
-                                "(a finetune run's seed_<n>/model)")
+        raise FileNotFoundError(
+            f"{folder}: no {META_NAME}; expected a fine-tuned model folder (a finetune run's seed_<n>/model)"
+        )
     meta = json.loads((folder / META_NAME).read_text())
     kind = meta["kind"]
     if kind == "titans":
@@ -174,8 +210,10 @@ def load_classifier(folder: str | os.PathLike, device: str | torch.device = "cpu
         model = SequenceClassifier(backbone, meta["num_classes"], pooling=meta.get("pooling", "mean"))
         missing, unexpected = model.load_state_dict(load_file(str(folder / "head.safetensors")), strict=False)
         if unexpected or any(not k.startswith("backbone.") for k in missing):
-            raise ValueError(f"{folder}/head.safetensors does not fit the classifier: missing {missing}, "
-                             f"unexpected {unexpected}")
+            raise ValueError(
+                f"{folder}/head.safetensors does not fit the classifier: missing {missing}, "
+                f"unexpected {unexpected}"
+            )
     elif kind == "cnn_baseline":
         model = GenomicBenchmarksCNN(**meta["config"])
         model.load_state_dict(load_file(str(folder / "model.safetensors")))

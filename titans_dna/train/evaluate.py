@@ -1,5 +1,6 @@
-"""Evaluation of a fitted classifier on labelled splits: metrics.json, a predictions TSV and a confusion-matrix
-PNG per split, all written atomically. Used at the end of every fine-tuning seed and by `titans-dna evaluate`.
+"""Evaluation of a fitted classifier on labelled splits: metrics.json, a predictions TSV and a
+confusion-matrix PNG per split, all written atomically. Used at the end of every fine-tuning seed and
+by `titans-dna evaluate`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 from titans_dna.data.atomic import atomic_write_text
 from titans_dna.train.baselines import KmerLogReg
-from titans_dna.train.classifiers import META_NAME, load_classifier, predict_proba
+from titans_dna.train.classifiers import load_classifier, model_dir, predict_proba
 from titans_dna.train.finetune_data import Split
 from titans_dna.train.metrics import classification_metrics, save_confusion_matrix
 
@@ -49,9 +50,17 @@ def write_predictions(path: str | os.PathLike, split: Split, probs: np.ndarray) 
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def evaluate_splits(model: nn.Module | KmerLogReg, tests: Mapping[str, Split], out_dir: str | os.PathLike,
-                    batch_size: int = 64, device: torch.device | str = "cpu", precision: str = "auto",
-                    rc_conjoin: bool = True, progress: bool = False, title: str = "") -> dict[str, dict]:
+def evaluate_splits(
+    model: nn.Module | KmerLogReg,
+    tests: Mapping[str, Split],
+    out_dir: str | os.PathLike,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
+    rc_conjoin: bool = True,
+    progress: bool = False,
+    title: str = "",
+) -> dict[str, dict]:
     """Metrics of ``model`` on each split; writes ``predictions[_<name>].tsv`` and
     ``confusion_matrix[_<name>].png`` into ``out_dir`` (no suffix for the split called ``test``).
 
@@ -65,25 +74,26 @@ def evaluate_splits(model: nn.Module | KmerLogReg, tests: Mapping[str, Split], o
         results[name] = classification_metrics(split.labels, probs)
         suffix = "" if name == "test" else f"_{name}"
         write_predictions(out_dir / f"predictions{suffix}.tsv", split, probs)
-        save_confusion_matrix(split.labels, probs.argmax(axis=1), out_dir / f"confusion_matrix{suffix}.png",
-                              class_names=[str(c) for c in range(probs.shape[1])],
-                              title=f"{title} ({name})" if title else name)
+        save_confusion_matrix(
+            split.labels,
+            probs.argmax(axis=1),
+            out_dir / f"confusion_matrix{suffix}.png",
+            class_names=[str(c) for c in range(probs.shape[1])],
+            title=f"{title} ({name})" if title else name,
+        )
     return results
 
 
-def model_dir(checkpoint: str | os.PathLike) -> Path:
-    """The fine-tuned model folder behind a path: the folder itself, or the ``model/`` inside a seed folder."""
-    path = Path(checkpoint)
-    for candidate in (path, path / "model"):
-        if (candidate / META_NAME).is_file():
-            return candidate
-    raise FileNotFoundError(f"{path}: not a fine-tuned model (no {META_NAME} in it or in {path / 'model'}); "
-                            "pass a finetune run's seed_<n> folder")
-
-
-def evaluate_checkpoint(checkpoint: str | os.PathLike, tests: Mapping[str, Split], out_dir: str | os.PathLike,
-                        batch_size: int = 64, device: torch.device | str = "cpu", precision: str = "auto",
-                        rc_conjoin: bool | None = None, progress: bool = True) -> dict:
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    tests: Mapping[str, Split],
+    out_dir: str | os.PathLike,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
+    rc_conjoin: bool | None = None,
+    progress: bool = True,
+) -> dict:
     """Load a fine-tuned classifier and evaluate it; writes ``metrics.json`` beside the per-split files.
 
     Args:
@@ -96,8 +106,17 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, tests: Mapping[str, Split
     for name, split in tests.items():
         if len(split) and split.labels.max() >= n_classes:
             raise ValueError(f"{name}: label {split.labels.max()} but the model has {n_classes} classes")
-    results = evaluate_splits(model, tests, out_dir, batch_size, device, precision, conjoin, progress,
-                              title=f"{meta.get('task', '')} {meta['kind']}")
+    results = evaluate_splits(
+        model,
+        tests,
+        out_dir,
+        batch_size,
+        device,
+        precision,
+        conjoin,
+        progress,
+        title=f"{meta.get('task', '')} {meta['kind']}",
+    )
     payload = {"checkpoint": str(folder), "model": meta, "rc_conjoin": conjoin, "test": results}
     write_json(Path(out_dir) / "metrics.json", payload)
     return payload

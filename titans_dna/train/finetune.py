@@ -77,9 +77,17 @@ def _score(metrics: Mapping[str, float], metric: str) -> float:
     return -math.inf if math.isnan(value) else value
 
 
-def train_classifier(model: nn.Module, train: EncodedSeqs, train_labels: np.ndarray, valid: EncodedSeqs,
-                     valid_labels: np.ndarray, metric: str, options: FinetuneOptions, seed: int,
-                     device: torch.device) -> dict:
+def train_classifier(
+    model: nn.Module,
+    train: EncodedSeqs,
+    train_labels: np.ndarray,
+    valid: EncodedSeqs,
+    valid_labels: np.ndarray,
+    metric: str,
+    options: FinetuneOptions,
+    seed: int,
+    device: torch.device,
+) -> dict:
     """Fit ``model`` with AdamW + warm-up/cosine, validating every ``eval_every`` steps (or epoch) and keeping
     the weights of the best validation ``metric``; stops after ``patience`` validations without gain.
 
@@ -96,8 +104,10 @@ def train_classifier(model: nn.Module, train: EncodedSeqs, train_labels: np.ndar
     model.to(device).train()
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=options.lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": options.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=options.lr,
+    )
     warmup = int(options.warmup_ratio * planned)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, planned, 0.0))
     best = {"score": -math.inf, "step": 0, "metrics": None, "state": None}
@@ -119,8 +129,9 @@ def train_classifier(model: nn.Module, train: EncodedSeqs, train_labels: np.ndar
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % eval_every == 0 or step == planned:
-                probs = predict_proba(model, valid, options.batch_size, device, options.precision,
-                                      options.rc_conjoin)
+                probs = predict_proba(
+                    model, valid, options.batch_size, device, options.precision, options.rc_conjoin
+                )
                 scores = classification_metrics(valid_labels, probs)
                 history.append({"step": step, "train_loss": float(loss.item()), **scores})
                 model.train()
@@ -135,12 +146,25 @@ def train_classifier(model: nn.Module, train: EncodedSeqs, train_labels: np.ndar
     bar.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-    return {"best_step": best["step"], "best_valid": best["metrics"], "steps": step, "history": history,
-            "seconds": time.perf_counter() - started}
+    return {
+        "best_step": best["step"],
+        "best_valid": best["metrics"],
+        "steps": step,
+        "history": history,
+        "seconds": time.perf_counter() - started,
+    }
 
 
-def run_seed(task: TaskData, kind: str, model_cfg: Mapping, options: FinetuneOptions, seed: int,
-             out_dir: Path, init: str | None = None, label: str = "") -> dict:
+def run_seed(
+    task: TaskData,
+    kind: str,
+    model_cfg: Mapping,
+    options: FinetuneOptions,
+    seed: int,
+    out_dir: Path,
+    init: str | None = None,
+    label: str = "",
+) -> dict:
     """Train and test one seed; writes metrics.json, predictions TSVs, confusion PNGs and model/ into
     ``out_dir``. ``kind`` is ``titans``, ``cnn_baseline`` or ``kmer_logreg``; ``label`` names the model."""
     torch.manual_seed(seed)
@@ -150,32 +174,72 @@ def run_seed(task: TaskData, kind: str, model_cfg: Mapping, options: FinetuneOpt
     model = build_classifier(kind, model_cfg, task.num_classes, input_len, init, options.pooling)
     if isinstance(model, KmerLogReg):
         started = time.perf_counter()
-        model.fit(task.train.seqs, task.train.labels, task.valid.seqs, task.valid.labels, task.num_classes,
-                  seed=seed)
+        model.fit(
+            task.train.seqs,
+            task.train.labels,
+            task.valid.seqs,
+            task.valid.labels,
+            task.num_classes,
+            seed=seed,
+        )
         valid = classification_metrics(task.valid.labels, model.predict_proba(task.valid.seqs))
-        fit = {"best_valid": valid, "C": model.C, "c_search": model.search,
-               "seconds": time.perf_counter() - started}
+        fit = {
+            "best_valid": valid,
+            "C": model.C,
+            "c_search": model.search,
+            "seconds": time.perf_counter() - started,
+        }
     else:
         train_enc = EncodedSeqs.from_seqs(task.train.seqs, task.train.names)
         valid_enc = EncodedSeqs.from_seqs(task.valid.seqs, task.valid.names)
-        fit = train_classifier(model, train_enc, task.train.labels, valid_enc, task.valid.labels, task.metric,
-                               options, seed, device)
+        fit = train_classifier(
+            model,
+            train_enc,
+            task.train.labels,
+            valid_enc,
+            task.valid.labels,
+            task.metric,
+            options,
+            seed,
+            device,
+        )
         fit["parameters"] = sum(p.numel() for p in model.parameters())
     # The test sets are read once, with the weights selected on validation.
-    results = evaluate_splits(model, task.tests, out_dir, options.batch_size, device, options.precision,
-                              options.rc_conjoin, options.progress, title=f"{task.name} {label} seed {seed}")
+    results = evaluate_splits(
+        model,
+        task.tests,
+        out_dir,
+        options.batch_size,
+        device,
+        options.precision,
+        options.rc_conjoin,
+        options.progress,
+        title=f"{task.name} {label} seed {seed}",
+    )
     if options.save_model:
-        meta = {"kind": kind, "num_classes": task.num_classes, "pooling": options.pooling,
-                "rc_conjoin": options.rc_conjoin, "task": task.name, "init": init}
+        meta = {
+            "kind": kind,
+            "num_classes": task.num_classes,
+            "pooling": options.pooling,
+            "rc_conjoin": options.rc_conjoin,
+            "task": task.name,
+            "init": init,
+        }
         save_classifier(model, out_dir / "model", meta)
     payload = {"task": task.name, "model": label, "seed": seed, "fit": fit, "test": results}
     write_json(out_dir / "metrics.json", payload)
     return payload
 
 
-def finetune(task: TaskData | Callable[[int], TaskData], model_cfg: Mapping, run_dir: str | os.PathLike,
-             seeds: Sequence[int] = (0, 1, 2), options: FinetuneOptions | None = None, init: str | None = None,
-             label: str = "") -> dict:
+def finetune(
+    task: TaskData | Callable[[int], TaskData],
+    model_cfg: Mapping,
+    run_dir: str | os.PathLike,
+    seeds: Sequence[int] = (0, 1, 2),
+    options: FinetuneOptions | None = None,
+    init: str | None = None,
+    label: str = "",
+) -> dict:
     """Fine-tune (or fit a baseline) on a task for several seeds and summarise.
 
     Args:
@@ -204,11 +268,18 @@ def finetune(task: TaskData | Callable[[int], TaskData], model_cfg: Mapping, run
         per_seed.append(run_seed(data, kind, model_cfg, options, seed, run_dir / f"seed_{seed}", init, label))
     test_names = list(per_seed[0]["test"])
     summary = {
-        "task": data.name, "model": label, "kind": kind, "init": init, "seeds": list(seeds),
-        "metric": data.metric, "info": data.info, "options": asdict(options),
+        "task": data.name,
+        "model": label,
+        "kind": kind,
+        "init": init,
+        "seeds": list(seeds),
+        "metric": data.metric,
+        "info": data.info,
+        "options": asdict(options),
         "summary": {name: summarize_seeds([r["test"][name] for r in per_seed]) for name in test_names},
-        "per_seed": [{"seed": r["seed"], "test": r["test"], "best_valid": r["fit"]["best_valid"]}
-                     for r in per_seed],
+        "per_seed": [
+            {"seed": r["seed"], "test": r["test"], "best_valid": r["fit"]["best_valid"]} for r in per_seed
+        ],
     }
     write_json(run_dir / "metrics.json", summary)
     return summary
@@ -243,6 +314,8 @@ def finetune_from_config(cfg: DictConfig, max_rows: int | None = None, **overrid
     task = load if per_seed_valid else load(int(cfg.seed))
     init = cfg.get("init")
     if init and model_kind(model_cfg) != "titans":
-        raise ValueError(f"init={init} only applies to Titans models; model={model_kind(model_cfg)} trains "
-                         "from scratch (drop init=)")
+        raise ValueError(
+            f"init={init} only applies to Titans models; model={model_kind(model_cfg)} trains "
+            "from scratch (drop init=)"
+        )
     return finetune(task, model_cfg, run_dir, list(cfg.seeds), options, init=init)

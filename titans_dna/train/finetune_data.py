@@ -93,7 +93,8 @@ def stratified_partition(labels: np.ndarray, fractions: Sequence[float], seed: i
 
 
 def overlap_counts(train: Split, test: Split) -> dict[str, int]:
-    """Test sequences that also occur in train (exact match, case ignored), and how many carry another label."""
+    """Test sequences that also occur in train (exact match, case ignored), and how many of them carry
+    another label there."""
     train_labels: dict[str, set[int]] = {}
     for seq, label in zip(train.seqs, train.labels, strict=True):
         train_labels.setdefault(seq.upper(), set()).add(int(label))
@@ -109,7 +110,9 @@ def overlap_counts(train: Split, test: Split) -> dict[str, int]:
 def drop_seen(test: Split, train: Split) -> Split:
     """``test`` without the sequences that occur in ``train`` (case ignored)."""
     seen = {s.upper() for s in train.seqs}
-    return test.subset(np.array([i for i, s in enumerate(test.seqs) if s.upper() not in seen], dtype=np.int64))
+    return test.subset(
+        np.array([i for i, s in enumerate(test.seqs) if s.upper() not in seen], dtype=np.int64)
+    )
 
 
 def cap_rows(split: Split, max_rows: int | None, seed: int) -> Split:
@@ -157,7 +160,12 @@ def load_task(
         parts = stratified_partition(whole.labels, fractions, split_seed)
         train, valid, test = (whole.subset(i) for i in parts)
         full_train = train
-        info["split"] = {"file": splits["all"], "fractions": fractions, "seed": split_seed, "stratified": True}
+        info["split"] = {
+            "file": splits["all"],
+            "fractions": fractions,
+            "seed": split_seed,
+            "stratified": True,
+        }
     else:
         train, test = _read(folder, splits["train"], fmt), _read(folder, splits["test"], fmt)
         full_train = train
@@ -170,8 +178,10 @@ def load_task(
             info["validation"] = f"stratified {valid_fraction:g} of train, seed {seed}"
     for part_name, part in (("train", train), ("valid", valid), ("test", test)):
         if len(part) and (part.labels.min() < 0 or part.labels.max() >= num_classes):
-            raise ValueError(f"task {task['name']}: {part_name} labels must lie in 0..{num_classes - 1}, "
-                             f"found {part.labels.min()}..{part.labels.max()} (set task.num_classes)")
+            raise ValueError(
+                f"task {task['name']}: {part_name} labels must lie in 0..{num_classes - 1}, "
+                f"found {part.labels.min()}..{part.labels.max()} (set task.num_classes)"
+            )
     # Overlap is counted against the whole training file, validation part included: both are seen in training.
     info["overlap"] = overlap_counts(full_train, test)
     tests = {"test": test}

@@ -25,8 +25,7 @@ from titans_dna.data.genome import Genome
 from titans_dna.data.tokenizer import TOKENIZER_VERSION, DNATokenizer
 from titans_dna.model import TitansDNA
 from titans_dna.model.embed import embed_sequences
-from titans_dna.train.classifiers import autocast, load_classifier, predict_proba
-from titans_dna.train.evaluate import model_dir
+from titans_dna.train.classifiers import autocast, load_classifier, model_dir, predict_proba
 from titans_dna.train.objectives import causal_batch
 
 COORD_COLUMNS = ("chrom", "start", "end", "strand")
@@ -46,8 +45,12 @@ class SeqRecord:
     strand: str | None = None
 
 
-def read_records(fasta: str | os.PathLike | None = None, bed: str | os.PathLike | None = None,
-                 reference: str | os.PathLike | None = None, fmt: str | None = None) -> Iterator[SeqRecord]:
+def read_records(
+    fasta: str | os.PathLike | None = None,
+    bed: str | os.PathLike | None = None,
+    reference: str | os.PathLike | None = None,
+    fmt: str | None = None,
+) -> Iterator[SeqRecord]:
     """Stream the records of a sequence file, or the regions of a BED file cut from a reference FASTA.
 
     Args:
@@ -67,7 +70,9 @@ def read_records(fasta: str | os.PathLike | None = None, bed: str | os.PathLike 
     genome = Genome(reference)
     for iv in check_intervals(read_bed(bed), genome, bed_name=str(bed)):
         seq = genome.fetch(iv.chrom, iv.start, iv.end, iv.strand)
-        yield SeqRecord(f"{iv.chrom}:{iv.start}-{iv.end}({iv.strand})", seq, iv.chrom, iv.start, iv.end, iv.strand)
+        yield SeqRecord(
+            f"{iv.chrom}:{iv.start}-{iv.end}({iv.strand})", seq, iv.chrom, iv.start, iv.end, iv.strand
+        )
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -102,14 +107,25 @@ def load_backbone(checkpoint: str | os.PathLike, device: torch.device) -> Titans
     return TitansDNA.from_pretrained(path if path.exists() else str(checkpoint), device=device).float().eval()
 
 
-def embed_file(model: TitansDNA, records: Iterable[SeqRecord], out: str | os.PathLike, pooling: str = "mean",
-               per_token: bool = False, rc_average: bool = False, batch_size: int = 32, precision: str = "fp32",
-               with_coords: bool = False, chunk_records: int = 256, progress: bool = True) -> int:
+def embed_file(
+    model: TitansDNA,
+    records: Iterable[SeqRecord],
+    out: str | os.PathLike,
+    pooling: str = "mean",
+    per_token: bool = False,
+    rc_average: bool = False,
+    batch_size: int = 32,
+    precision: str = "fp32",
+    with_coords: bool = False,
+    chunk_records: int = 256,
+    progress: bool = True,
+) -> int:
     """Embed every record into an HDF5 file.
 
-    Layout: ``names`` [n] and, with ``with_coords`` (BED input), ``chrom/start/end/strand`` [n]; pooled: ``embeddings``
-    float32 [n, d_model]; per token: ``tokens`` float32 [sum L_i, d_model] with ``offsets`` int64 [n + 1]
-    (record i is ``tokens[offsets[i]:offsets[i + 1]]``). File attributes record the settings.
+    Layout: ``names`` [n] and, with ``with_coords`` (BED input), ``chrom/start/end/strand`` [n];
+    pooled: ``embeddings`` float32 [n, d_model]; per token: ``tokens`` float32 [sum L_i, d_model] with
+    ``offsets`` int64 [n + 1] (record i is ``tokens[offsets[i]:offsets[i + 1]]``). File attributes
+    record the settings.
 
     Returns:
         The number of records written.
@@ -122,18 +138,31 @@ def embed_file(model: TitansDNA, records: Iterable[SeqRecord], out: str | os.Pat
 
         with h5py.File(tmp, "w") as h5:
             text = h5py.string_dtype()
-            main = h5.create_dataset("tokens" if per_token else "embeddings", (0, d), maxshape=(None, d),
-                                     dtype="f4", chunks=(256, d))
+            main = h5.create_dataset(
+                "tokens" if per_token else "embeddings",
+                (0, d),
+                maxshape=(None, d),
+                dtype="f4",
+                chunks=(256, d),
+            )
             names = h5.create_dataset("names", (0,), maxshape=(None,), dtype=text)
             kinds = {"chrom": text, "start": "i8", "end": "i8", "strand": text}
-            coords = {c: h5.create_dataset(c, (0,), maxshape=(None,), dtype=kinds[c])
-                      for c in (COORD_COLUMNS if with_coords else ())}
+            coords = {
+                c: h5.create_dataset(c, (0,), maxshape=(None,), dtype=kinds[c])
+                for c in (COORD_COLUMNS if with_coords else ())
+            }
             offsets = [0]
             bar = tqdm(desc="embed", unit=" records", disable=not progress)
             for block in chunks(records, chunk_records):
                 with autocast(device, precision):
-                    emb = embed_sequences(model, [r.seq for r in block], pooling=pooling, rc_average=rc_average,
-                                          batch_size=batch_size, per_token=per_token)
+                    emb = embed_sequences(
+                        model,
+                        [r.seq for r in block],
+                        pooling=pooling,
+                        rc_average=rc_average,
+                        batch_size=batch_size,
+                        per_token=per_token,
+                    )
                 rows = torch.cat(emb) if per_token else emb
                 start = main.shape[0]
                 main.resize(start + rows.shape[0], axis=0)
@@ -150,15 +179,29 @@ def embed_file(model: TitansDNA, records: Iterable[SeqRecord], out: str | os.Pat
             bar.close()
             if per_token:
                 h5.create_dataset("offsets", data=np.asarray(offsets, dtype=np.int64))
-            h5.attrs.update({"pooling": "none" if per_token else pooling, "rc_average": rc_average,
-                             "d_model": d, "tokenizer": TOKENIZER_VERSION, "n_records": n})
+            h5.attrs.update(
+                {
+                    "pooling": "none" if per_token else pooling,
+                    "rc_average": rc_average,
+                    "d_model": d,
+                    "tokenizer": TOKENIZER_VERSION,
+                    "n_records": n,
+                }
+            )
     return n
 
 
-def predict_file(checkpoint: str | os.PathLike, records: Iterable[SeqRecord], out: str | os.PathLike,
-                 batch_size: int = 64, device: torch.device | str = "cpu", precision: str = "fp32",
-                 rc_conjoin: bool | None = None,
-                 chunk_records: int = 4096, progress: bool = True) -> int:
+def predict_file(
+    checkpoint: str | os.PathLike,
+    records: Iterable[SeqRecord],
+    out: str | os.PathLike,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    rc_conjoin: bool | None = None,
+    chunk_records: int = 4096,
+    progress: bool = True,
+) -> int:
     """Class probabilities of every record with a fine-tuned classifier, as a TSV (``-``: stdout).
 
     Columns: name, chrom, start, end, strand (``.`` for sequence-file input), prediction, prob_0..prob_{C-1}.
@@ -181,8 +224,10 @@ def predict_file(checkpoint: str | os.PathLike, records: Iterable[SeqRecord], ou
         for block in chunks(records, chunk_records):
             probs = predict_proba(model, [r.seq for r in block], batch_size, device, precision, conjoin)
             for rec, row in zip(block, probs, strict=True):
-                fh.write("\t".join([rec.name, *_coords(rec), str(int(row.argmax())),
-                                    *(f"{p:.6g}" for p in row)]) + "\n")
+                fh.write(
+                    "\t".join([rec.name, *_coords(rec), str(int(row.argmax())), *(f"{p:.6g}" for p in row)])
+                    + "\n"
+                )
             n += len(block)
             bar.update(len(block))
         bar.close()
@@ -190,8 +235,9 @@ def predict_file(checkpoint: str | os.PathLike, records: Iterable[SeqRecord], ou
 
 
 @torch.no_grad()
-def log_likelihood(model: TitansDNA, ids: torch.Tensor, mask: torch.Tensor,
-                   precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+def log_likelihood(
+    model: TitansDNA, ids: torch.Tensor, mask: torch.Tensor, precision: str = "fp32"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal log-likelihood of each row: sum over t of log p(x_{t+1} | x_{<=t}), A/C/G/T targets only.
 
     The first base has no context and is not scored; N targets are skipped. Rows longer than a piece of
@@ -221,26 +267,43 @@ def log_likelihood(model: TitansDNA, ids: torch.Tensor, mask: torch.Tensor,
     return total, batch.weights.sum(1).long()
 
 
-def score_records(model: TitansDNA, seqs: list[str], batch_size: int = 16,
-                  precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+def score_records(
+    model: TitansDNA, seqs: list[str], batch_size: int = 16, precision: str = "fp32"
+) -> tuple[np.ndarray, np.ndarray]:
     """Log-likelihoods (nats) and scored-base counts of sequences, batched by length to limit padding."""
     tokenizer = DNATokenizer()
     ll, scored = np.zeros(len(seqs)), np.zeros(len(seqs), dtype=np.int64)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     for b in range(0, len(order), batch_size):
-        rows = order[b:b + batch_size]
+        rows = order[b : b + batch_size]
         enc = tokenizer.batch_encode([seqs[i] for i in rows])
-        total, count = log_likelihood(model, enc["input_ids"].to(model.device),
-                                      enc["attention_mask"].to(model.device), precision)
+        total, count = log_likelihood(
+            model, enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device), precision
+        )
         ll[rows], scored[rows] = total.cpu().numpy(), count.cpu().numpy()
     return ll, scored
 
 
-def score_file(model: TitansDNA, records: Iterable[SeqRecord], out: str | os.PathLike, batch_size: int = 16,
-               precision: str = "fp32", chunk_records: int = 1024, progress: bool = True) -> int:
+def score_file(
+    model: TitansDNA,
+    records: Iterable[SeqRecord],
+    out: str | os.PathLike,
+    batch_size: int = 16,
+    precision: str = "fp32",
+    chunk_records: int = 1024,
+    progress: bool = True,
+) -> int:
     """Per-record log-likelihood TSV: name, chrom, start, end, strand, length, scored_bases,
     log_likelihood (nats), nats_per_base, perplexity (exp of nats_per_base' negative)."""
-    header = ["name", *COORD_COLUMNS, "length", "scored_bases", "log_likelihood", "nats_per_base", "perplexity"]
+    header = [
+        "name",
+        *COORD_COLUMNS,
+        "length",
+        "scored_bases",
+        "log_likelihood",
+        "nats_per_base",
+        "perplexity",
+    ]
     n = 0
     with open_output(out) as fh:
         fh.write("\t".join(header) + "\n")
@@ -249,10 +312,21 @@ def score_file(model: TitansDNA, records: Iterable[SeqRecord], out: str | os.Pat
             ll, scored = score_records(model, [r.seq for r in block], batch_size, precision)
             for rec, value, count in zip(block, ll, scored, strict=True):
                 per_base = value / count if count else float("nan")
-                fh.write("\t".join([rec.name, *_coords(rec), str(len(rec.seq)), str(int(count)), f"{value:.6f}",
-                                    f"{per_base:.6f}", f"{np.exp(-per_base):.6f}"]) + "\n")
+                fh.write(
+                    "\t".join(
+                        [
+                            rec.name,
+                            *_coords(rec),
+                            str(len(rec.seq)),
+                            str(int(count)),
+                            f"{value:.6f}",
+                            f"{per_base:.6f}",
+                            f"{np.exp(-per_base):.6f}",
+                        ]
+                    )
+                    + "\n"
+                )
             n += len(block)
             bar.update(len(block))
         bar.close()
     return n
-

@@ -87,7 +87,8 @@ class BinPooler:
         if self.how == "mean":
             acc = values.new_zeros(nb, values.shape[1]).index_add_(0, local, values)
         elif self.how == "max":
-            acc = values.new_full((nb, values.shape[1]), -math.inf).index_reduce_(0, local, values, "amax")
+            acc = values.new_full((nb, values.shape[1]), -math.inf).scatter_reduce_(
+                0, local[:, None].expand_as(values), values, "amax")
         elif self.how == "first":
             acc = values[bin_lo.clamp(min=start) - start]
         else:

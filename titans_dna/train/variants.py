@@ -70,8 +70,9 @@ def iter_variants(path: str | os.PathLike) -> Iterator[Variant]:
                 continue
             cols = text.split("\t")
             if len(cols) < 5:
-                raise VcfError(f"{name}: line {number}: expected tab-separated CHROM POS ID REF ALT, "
-                               f"got {text[:60]!r}")
+                raise VcfError(
+                    f"{name}: line {number}: expected tab-separated CHROM POS ID REF ALT, got {text[:60]!r}"
+                )
             try:
                 pos = int(cols[1])
             except ValueError:
@@ -97,29 +98,43 @@ def variant_windows(genome: Genome, var: Variant, window: int, vcf_name: str) ->
     start, end = var.pos - 1, var.pos - 1 + len(var.ref)
     length = genome.records[chrom]
     if start < 0 or end > length:
-        raise VcfError(f"{vcf_name}: line {var.line}: {var.chrom}:{var.pos} {var.ref} lies outside the "
-                       f"reference contig (length {length})")
+        raise VcfError(
+            f"{vcf_name}: line {var.line}: {var.chrom}:{var.pos} {var.ref} lies outside the "
+            f"reference contig (length {length})"
+        )
     found = genome.fetch(chrom, start, end)
     if found.upper() != var.ref.upper():
-        raise VcfError(f"{vcf_name}: line {var.line}: REF {var.ref!r} does not match the reference "
-                       f"{genome.name} at {var.chrom}:{var.pos} ({found!r}); wrong assembly or coordinates?")
+        raise VcfError(
+            f"{vcf_name}: line {var.line}: REF {var.ref!r} does not match the reference "
+            f"{genome.name} at {var.chrom}:{var.pos} ({found!r}); wrong assembly or coordinates?"
+        )
     left = genome.fetch(chrom, max(0, start - window), start)
     right = genome.fetch(chrom, end, min(length, end + window))
     alts = [left + alt + right if _scorable(alt) else None for alt in var.alts]
     return left + found + right, alts
 
 
-def score_variants(model: TitansDNA, vcf: str | os.PathLike, reference: str | os.PathLike | Genome,
-                   out: str | os.PathLike, window: int = 512, batch_size: int = 16, precision: str = "fp32",
-                   out_format: str | None = None, chunk_variants: int = 256, progress: bool = True) -> int:
+def score_variants(
+    model: TitansDNA,
+    vcf: str | os.PathLike,
+    reference: str | os.PathLike | Genome,
+    out: str | os.PathLike,
+    window: int = 512,
+    batch_size: int = 16,
+    precision: str = "fp32",
+    out_format: str | None = None,
+    chunk_variants: int = 256,
+    progress: bool = True,
+) -> int:
     """Score every ALT allele of a VCF and write a TSV or an annotated VCF.
 
     Args:
         model: a causal TitansDNA (eval mode, on its device).
         vcf: the variants (plain or gzip VCF).
         reference: the genome FASTA the VCF refers to (or an open ``Genome``).
-        out: output path (``-``: a TSV on stdout); ``.vcf`` writes the input VCF with ``INFO/TITANS_LLR`` per ALT, else a TSV with
-            columns chrom, pos, id, ref, alt, llr, llr_forward, llr_reverse.
+        out: output path (``-``: a TSV on stdout); ``.vcf`` writes the input VCF with
+            ``INFO/TITANS_LLR`` per ALT, else a TSV with columns chrom, pos, id, ref, alt, llr,
+            llr_forward, llr_reverse.
         window: reference bases kept on each side of the REF allele.
         out_format: ``vcf`` or ``tsv``; None = from the ``out`` suffix.
 
@@ -133,16 +148,26 @@ def score_variants(model: TitansDNA, vcf: str | os.PathLike, reference: str | os
     scored = 0
     with open_output(out) as fh:
         if fmt == "vcf":
-            meta, columns = [h for h in header if h.startswith("##")], [h for h in header if h.startswith("#CHROM")]
-            info_line = (f'##INFO=<ID={INFO_KEY},Number=A,Type=Float,Description="Titans-DNA log-likelihood ratio '
-                         f'alt vs ref, {window} bp flanks, both strands averaged (nats)">')
+            meta, columns = (
+                [h for h in header if h.startswith("##")],
+                [h for h in header if h.startswith("#CHROM")],
+            )
+            info_line = (
+                f'##INFO=<ID={INFO_KEY},Number=A,Type=Float,Description="Titans-DNA log-likelihood ratio '
+                f'alt vs ref, {window} bp flanks, both strands averaged (nats)">'
+            )
             fh.write("\n".join([*meta, info_line, *columns]) + "\n")
         else:
-            fh.write("\t".join(["chrom", "pos", "id", "ref", "alt", "llr", "llr_forward", "llr_reverse"]) + "\n")
+            fh.write(
+                "\t".join(["chrom", "pos", "id", "ref", "alt", "llr", "llr_forward", "llr_reverse"]) + "\n"
+            )
         bar = tqdm(desc="score-variants", unit=" variants", disable=not progress)
         for block in chunks(variants, chunk_variants):
             windows = [variant_windows(genome, v, window, vcf_name) for v in block]
-            seqs, slots = [], []  # four sequences per scorable allele: ref, alt, and their reverse complements
+            seqs, slots = (
+                [],
+                [],
+            )  # four sequences per scorable allele: ref, alt, and their reverse complements
             for ref_seq, alts in windows:
                 for alt_seq in alts:
                     if alt_seq is not None:
@@ -176,6 +201,8 @@ def _format_line(var: Variant, values: list[tuple[float, float]], fmt: str) -> s
         field = f"{INFO_KEY}=" + ",".join(num((f + r) / 2) for f, r in values)
         cols[7] = field if cols[7] in (".", "") else f"{cols[7]};{field}"
         return "\t".join(cols) + "\n"
-    rows = [[var.chrom, str(var.pos), var.id, var.ref, alt, num((f + r) / 2), num(f), num(r)]
-            for alt, (f, r) in zip(var.alts, values, strict=True)]
+    rows = [
+        [var.chrom, str(var.pos), var.id, var.ref, alt, num((f + r) / 2), num(f), num(r)]
+        for alt, (f, r) in zip(var.alts, values, strict=True)
+    ]
     return "".join("\t".join(row) + "\n" for row in rows)

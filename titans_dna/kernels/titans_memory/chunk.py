@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .chunk_bwd import titans_memory_bwd
-from .chunk_fwd import interpreting, titans_memory_fwd
+from .chunk_fwd import interpreting, titans_memory_coeffs, titans_memory_fwd
 from .common import MemoryState, check_inputs
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -47,6 +47,18 @@ def _start_state(weights: Sequence[Tensor], initial_state: MemoryState | None, b
     return ws, [torch.zeros_like(w) for w in ws]
 
 
+def forward_only(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
+                 weights: Sequence[Tensor], initial_state: MemoryState | None, chunk_size: int,
+                 activation: str) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """The forward without checkpoints or autograd: o and the final (W, S) lists. Inputs contiguous."""
+    ws, ss = _start_state(weights, initial_state, q.shape[0])
+    if q.shape[1] == 0:
+        return q.new_empty(q.shape), ws, ss
+    coeffs = titans_memory_coeffs(theta, eta, alpha, chunk_size)
+    o, _ = titans_memory_fwd(q, k, v, coeffs, ws, ss, chunk_size, activation, save=False)
+    return o, ws, ss
+
+
 class ChunkTitansMemoryFunction(torch.autograd.Function):
     """Inputs: q, k, v, theta, eta, alpha, chunk_size, activation, depth, has_initial_state, then the
     `depth` weight tensors W_0 and, with an initial state, its depth W's and depth S's.
@@ -57,23 +69,24 @@ class ChunkTitansMemoryFunction(torch.autograd.Function):
         weights = tensors[:depth]
         init = (tensors[depth:2 * depth], tensors[2 * depth:]) if has_init else None
         ws, ss = _start_state(weights, init, q.shape[0])
-        o, ckpts = titans_memory_fwd(q, k, v, theta, eta, alpha, ws, ss, chunk_size, activation,
-                                     save=True)
-        ctx.save_for_backward(q, k, v, theta, eta, alpha, *ckpts)
+        coeffs = titans_memory_coeffs(theta, eta, alpha, chunk_size)
+        o, ckpts = titans_memory_fwd(q, k, v, coeffs, ws, ss, chunk_size, activation, save=True)
+        ctx.save_for_backward(q, k, v, theta, eta, alpha, *coeffs, *ckpts)
         ctx.setup = (chunk_size, activation, depth, has_init)
         ctx.dtypes = [t.dtype for t in tensors]
         return (o, *ws, *ss)
 
     @staticmethod
     def backward(ctx, do, *dstate):
-        q, k, v, theta, eta, alpha, *ckpts = ctx.saved_tensors
+        q, k, v, theta, eta, alpha, cw, aeg, *ckpts = ctx.saved_tensors
         chunk_size, activation, depth, has_init = ctx.setup
         dws = [d.float().contiguous().clone() for d in dstate[:depth]]
         dss = [d.float().contiguous().clone() for d in dstate[depth:]]
-        grads = titans_memory_bwd(q, k, v, theta, eta, alpha, do.contiguous(), ckpts, dws, dss,
+        grads = titans_memory_bwd(q, k, v, theta, eta, alpha, (cw, aeg), do.contiguous(), ckpts, dws, dss,
                                   chunk_size, activation)
         if has_init:
-            tensor_grads = [None] * depth + [d.to(t) for d, t in zip(dws + dss, ctx.dtypes[depth:], strict=True)]
+            init_dtypes = ctx.dtypes[depth:]
+            tensor_grads = [None] * depth + [d.to(t) for d, t in zip(dws + dss, init_dtypes, strict=True)]
         else:
             tensor_grads = [d.sum(0).to(t) for d, t in zip(dws, ctx.dtypes, strict=True)]
         return (*grads, None, None, None, None, *tensor_grads)
@@ -105,15 +118,12 @@ def chunk_titans_memory(
             f"{[tuple(w.shape) for w in weights]}, chunk_size {chunk_size} (see triton_supports); "
             "use naive_chunk_titans_memory")
     depth = len(weights)
-    if q.shape[1] == 0:
-        ws, ss = _start_state(weights, initial_state, q.shape[0])
-        return q.new_empty(q.shape), ((tuple(ws), tuple(ss)) if output_final_state else None)
     tensors = list(weights) + ([*initial_state[0], *initial_state[1]] if initial_state is not None else [])
     q, k, v, theta, eta, alpha = (x.contiguous() for x in (q, k, v, theta, eta, alpha))
-    if not torch.is_grad_enabled() or not any(t.requires_grad for t in [q, k, v, theta, eta, alpha, *tensors]):
+    needs_grad = any(t.requires_grad for t in [q, k, v, theta, eta, alpha, *tensors])
+    if q.shape[1] == 0 or not (torch.is_grad_enabled() and needs_grad):
         # nothing to differentiate: the forward without checkpoints
-        ws, ss = _start_state(weights, initial_state, q.shape[0])
-        o, _ = titans_memory_fwd(q, k, v, theta, eta, alpha, ws, ss, chunk_size, activation, save=False)
+        o, ws, ss = forward_only(q, k, v, theta, eta, alpha, weights, initial_state, chunk_size, activation)
         return o, ((tuple(ws), tuple(ss)) if output_final_state else None)
     out = ChunkTitansMemoryFunction.apply(q, k, v, theta, eta, alpha, chunk_size, activation, depth,
                                           initial_state is not None, *tensors)

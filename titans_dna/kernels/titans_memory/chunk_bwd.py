@@ -20,8 +20,8 @@ from .chunk_fwd import (
     TINY,
     _act,
     _chain_ptrs,
-    _chunk_coeffs,
     _gate_terms,
+    _load_coeffs,
     _load_cols,
     _load_gates,
     _load_rows,
@@ -177,7 +177,7 @@ def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, 
 
 @triton.jit(do_not_specialize=["T", "CK_EVERY", "N_CK"])
 def titans_memory_bwd_kernel(
-    q, k, v, theta, eta, alpha, do, dq, dk, dv, dcw, dsc,
+    q, k, v, cw, aeg, do, dq, dk, dv, dcw, dsc,
     ck_w1, ck_w2, ck_s1, ck_s2, sc_w1, sc_w2, sc_s1, sc_s2, dw1, dw2, ds1, ds2, T, CK_EVERY, N_CK,
     H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr,
     BE_F: tl.constexpr, BE: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, BF16: tl.constexpr,
@@ -218,7 +218,7 @@ def titans_memory_bwd_kernel(
                 p_w2 = _chain_ptrs(sc_w2, i_bh, l - 1, n_sc, SIZE)
                 p_s1 = _chain_ptrs(sc_s1, i_bh, l - 1, n_sc, SIZE)
                 p_s2 = _chain_ptrs(sc_s2, i_bh, l - 1, n_sc, SIZE)
-            c, wm, A, E, G = _chunk_coeffs(theta + tok, eta + tok, alpha + tok, H, n, BT)
+            c, wm, A, E, G = _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT, CS)
             b_k = _load_rows(k + tok * D, n, D, BT, H * D)
             if DEPTH == 1:
                 _matrix_fwd_step(p_w1, p_s1, _chain_ptrs(sc_w1, i_bh, l, n_sc, SIZE),
@@ -227,9 +227,11 @@ def titans_memory_bwd_kernel(
             else:
                 b_v = _load_rows(v + tok * D, n, D, BT, H * D)
                 _mlp_fwd_step(p_w1, p_w2, p_s1, p_s2, _chain_ptrs(sc_w1, i_bh, l, n_sc, SIZE),
-                              _chain_ptrs(sc_w2, i_bh, l, n_sc, SIZE), _chain_ptrs(sc_s1, i_bh, l, n_sc, SIZE),
-                              _chain_ptrs(sc_s2, i_bh, l, n_sc, SIZE), b_k, b_k, b_v, v + tok * D, H * D, n,
-                              c, wm, A, E, G, D, HID, BE_F, BT, ACT, BF16, PREC, False)
+                              _chain_ptrs(sc_w2, i_bh, l, n_sc, SIZE),
+                              _chain_ptrs(sc_s1, i_bh, l, n_sc, SIZE),
+                              _chain_ptrs(sc_s2, i_bh, l, n_sc, SIZE),
+                              b_k, b_k, b_v, v + tok * D, H * D, n, c, wm, A, E, G, D, HID, BE_F, BT, ACT,
+                              BF16, PREC, False)
             tl.debug_barrier()
         # reverse through the segment
         for r in range(0, n_l):
@@ -248,7 +250,7 @@ def titans_memory_bwd_kernel(
                 p_w2 = _chain_ptrs(sc_w2, i_bh, l - 1, n_sc, SIZE)
                 p_s1 = _chain_ptrs(sc_s1, i_bh, l - 1, n_sc, SIZE)
                 p_s2 = _chain_ptrs(sc_s2, i_bh, l - 1, n_sc, SIZE)
-            c, wm, A, E, G = _chunk_coeffs(theta + tok, eta + tok, alpha + tok, H, n, BT)
+            c, wm, A, E, G = _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT, CS)
             b_q = _load_rows(q + tok * D, n, D, BT, H * D)
             b_k = _load_rows(k + tok * D, n, D, BT, H * D)
             if DEPTH == 1:
@@ -322,11 +324,12 @@ def titans_memory_gate_bwd_kernel(theta, eta, alpha, dcw, dsc, dtheta, deta, dal
 
 
 def titans_memory_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor,
-                      eta: torch.Tensor, alpha: torch.Tensor, do: torch.Tensor, ckpts: list[torch.Tensor],
-                      dws: list[torch.Tensor], dss: list[torch.Tensor], chunk_size: int, activation: str,
-                      ) -> tuple[torch.Tensor, ...]:
-    """Launch the backward. ckpts as returned by titans_memory_fwd; dws, dss per layer [B, H, out, in]
-    float32 contiguous: the gradient of the final state on entry, that of the initial state on exit.
+                      eta: torch.Tensor, alpha: torch.Tensor, coeffs: tuple[torch.Tensor, torch.Tensor],
+                      do: torch.Tensor, ckpts: list[torch.Tensor], dws: list[torch.Tensor],
+                      dss: list[torch.Tensor], chunk_size: int, activation: str) -> tuple[torch.Tensor, ...]:
+    """Launch the backward. coeffs and ckpts as titans_memory_fwd used and returned them; dws, dss per layer
+    [B, H, out, in] float32 contiguous: the gradient of the final state on entry, that of the initial state
+    on exit.
 
     Returns dq, dk, dv (q's dtype) and dtheta, deta, dalpha (the gates' dtype).
     """
@@ -346,10 +349,10 @@ def titans_memory_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: 
     dsc = torch.empty(B * H, n_chunks, 4, device=q.device, dtype=torch.float32)
     act = 0 if activation == "silu" else 1
     titans_memory_bwd_kernel[(B * H,)](
-        q, k, v, theta, eta, alpha, do, dq, dk, dv, dcw, dsc, *ckpts, *scratch,
+        q, k, v, *coeffs, do, dq, dk, dv, dcw, dsc, *ckpts, *scratch,
         dws[0], dws[-1], dss[0], dss[-1], T, every, n_ck,
         H=H, D=D, HID=hidden, CS=chunk_size, BT=cfg["BT"], BE_F=cfg["BE_F"], BE=cfg["BE"], DEPTH=depth,
-        ACT=act, BF16=cfg["BF16"], PREC=cfg["PREC"], num_warps=cfg["num_warps"],
+        ACT=act, BF16=cfg["BF16"], PREC=cfg["PREC"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     dtheta, deta, dalpha = torch.empty_like(theta), torch.empty_like(eta), torch.empty_like(alpha)
     titans_memory_gate_bwd_kernel[(n_chunks, B * H)](

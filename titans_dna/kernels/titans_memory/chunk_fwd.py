@@ -102,6 +102,38 @@ def _chunk_coeffs(p_theta, p_eta, p_alpha, stride, n, BT: tl.constexpr):
     return theta * tl.sum(f, axis=1), theta * m, A, E, tl.sum(g, axis=0)
 
 
+@triton.jit(do_not_specialize=["T"])
+def titans_memory_coeff_kernel(theta, eta, alpha, cw, aeg, T, H: tl.constexpr, CS: tl.constexpr,
+                               BT: tl.constexpr):
+    """Gate coefficients of every chunk at once (grid (NC, B*H)), off the sequential chunk walk:
+    cw [B*H, 2, T] gets c and m theta per token, aeg [B*H, NC, 4] gets A, E, G per chunk."""
+    i_c = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    t0 = i_c * CS
+    n = tl.minimum(CS, T - t0)
+    tok = ((i_bh // H).to(tl.int64) * T + t0) * H + i_bh % H
+    c, wm, A, E, G = _chunk_coeffs(theta + tok, eta + tok, alpha + tok, H, n, BT)
+    o_t = tl.arange(0, BT)
+    p_c = cw + i_bh.to(tl.int64) * 2 * T + t0 + o_t
+    tl.store(p_c, c, mask=o_t < n)
+    tl.store(p_c + T, wm, mask=o_t < n)
+    p_a = aeg + (i_bh.to(tl.int64) * tl.cdiv(T, CS) + i_c) * 4
+    tl.store(p_a, A)
+    tl.store(p_a + 1, E)
+    tl.store(p_a + 2, G)
+
+
+@triton.jit
+def _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT: tl.constexpr, CS: tl.constexpr):
+    """c, m theta [BT] (0 past row n) and A, E, G of one chunk, as titans_memory_coeff_kernel stored them."""
+    o_t = tl.arange(0, BT)
+    p_c = cw + i_bh.to(tl.int64) * 2 * T + t0 + o_t
+    c = tl.load(p_c, mask=o_t < n, other=0.0)
+    wm = tl.load(p_c + T, mask=o_t < n, other=0.0)
+    p_a = aeg + (i_bh.to(tl.int64) * tl.cdiv(T, CS) + i_c) * 4
+    return c, wm, tl.load(p_a), tl.load(p_a + 1), tl.load(p_a + 2)
+
+
 @triton.jit
 def _load_rows(p, n, D: tl.constexpr, BT: tl.constexpr, stride):
     """[BT, D] block of token rows (row stride `stride`) in the input dtype, zeros past row n."""
@@ -238,7 +270,7 @@ def _chain_ptrs(base, i_bh, slot, n_slots, SIZE: tl.constexpr):
 
 @triton.jit(do_not_specialize=["T", "CK_EVERY", "N_CK"])
 def titans_memory_fwd_kernel(
-    q, k, v, theta, eta, alpha, o, w1, w2, s1, s2, ck_w1, ck_w2, ck_s1, ck_s2, T, CK_EVERY, N_CK,
+    q, k, v, cw, aeg, o, w1, w2, s1, s2, ck_w1, ck_w2, ck_s1, ck_s2, T, CK_EVERY, N_CK,
     H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr,
     BE: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr,
     SAVE: tl.constexpr,
@@ -266,7 +298,7 @@ def titans_memory_fwd_kernel(
                             _chain_ptrs(ck_s1, i_bh, slot, N_CK, HID * D),
                             _chain_ptrs(ck_s2, i_bh, slot, N_CK, HID * D), D, HID, BE, DEPTH)
                 tl.debug_barrier()
-        c, wm, A, E, G = _chunk_coeffs(theta + tok, eta + tok, alpha + tok, H, n, BT)
+        c, wm, A, E, G = _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT, CS)
         b_q = _load_rows(q + tok * D, n, D, BT, H * D)
         b_k = _load_rows(k + tok * D, n, D, BT, H * D)
         if DEPTH == 1:
@@ -298,8 +330,9 @@ def kernel_config(q: torch.Tensor, hidden: int, chunk_size: int) -> dict:
     register file: 8 warps, and tiles sized so that sm_90 builds (Triton 3.6 and 3.9) spill little (the
     backward keeps ~20 tiles live, hence its narrower ones; a [64, 64] float32 block is 16 registers per
     thread at 8 warps). The interpreter takes wider tiles (fewer Python-level ops).
-    Float32 inputs use 3xTF32 dots (near-float32 accuracy on the tensor cores; plain TF32 would miss the
-    1e-4 target); bf16/fp16 inputs use bf16 dots with float32 accumulation (see _mm).
+    Float32 inputs use 6xBF16 dots (float32 accuracy on the tensor cores; plain TF32 would miss the 1e-4
+    target, and 3xTF32 needs more shared memory than an SM has in the backward); bf16/fp16 inputs use
+    bf16 dots with float32 accumulation (see _mm).
     """
     D = q.shape[-1]
     BT = max(16, triton.next_power_of_2(chunk_size))
@@ -310,8 +343,11 @@ def kernel_config(q: torch.Tensor, hidden: int, chunk_size: int) -> dict:
         BE_F=min(hidden, 32 if wide or interp else 64),
         BE=min(hidden, 32 if interp else 16),
         BF16=0 if q.dtype == torch.float32 else (2 if interp else 1),
-        PREC="ieee" if interp else "tf32x3",
+        PREC="ieee" if interp else "bf16x6",
         num_warps=8,
+        # software pipelining of the tile loops: off, as checked (sm_90 builds of the in-place state
+        # update with pipelined bf16 loads faulted on Triton 3.6)
+        num_stages=1,
     )
     cfg.update(TUNING)
     cfg["BE_F"], cfg["BE"] = min(hidden, cfg["BE_F"]), min(hidden, cfg["BE"])
@@ -324,11 +360,25 @@ def checkpoint_every(n_chunks: int) -> int:
     return max(4, math.ceil(math.sqrt(n_chunks)))
 
 
-def titans_memory_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor,
-                      eta: torch.Tensor, alpha: torch.Tensor, ws: list[torch.Tensor], ss: list[torch.Tensor],
-                      chunk_size: int, activation: str, save: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Launch the forward. q, k, v [B, T, H, D] and gates [B, T, H] contiguous; ws, ss per layer
-    [B, H, out, in] float32 contiguous, updated in place to the final state.
+def titans_memory_coeffs(theta: torch.Tensor, eta: torch.Tensor, alpha: torch.Tensor, chunk_size: int,
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gate coefficients of all chunks: c and m theta [B*H, 2, T], A, E, G in [B*H, NC, 4] (float32)."""
+    B, T, H = theta.shape
+    n_chunks = triton.cdiv(T, chunk_size)
+    cw = torch.empty(B * H, 2, T, device=theta.device, dtype=torch.float32)
+    aeg = torch.empty(B * H, n_chunks, 4, device=theta.device, dtype=torch.float32)
+    BT = max(16, triton.next_power_of_2(chunk_size))
+    titans_memory_coeff_kernel[(n_chunks, B * H)](theta, eta, alpha, cw, aeg, T, H=H, CS=chunk_size, BT=BT,
+                                                  num_warps=4)
+    return cw, aeg
+
+
+def titans_memory_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      coeffs: tuple[torch.Tensor, torch.Tensor], ws: list[torch.Tensor],
+                      ss: list[torch.Tensor], chunk_size: int, activation: str, save: bool,
+                      ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Launch the forward. q, k, v [B, T, H, D] contiguous; coeffs from titans_memory_coeffs; ws, ss per
+    layer [B, H, out, in] float32 contiguous, updated in place to the final state.
 
     Returns o [B, T, H, D] in q's dtype and, when `save`, the checkpoints [W1, W2, S1, S2] (depth 1:
     [W1, W1, S1, S1]) each [B*H, N_CK, out, in] float32 (else an empty list).
@@ -350,9 +400,9 @@ def titans_memory_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: 
             ck = [ck[0], ck[0], ck[1], ck[1]]
     o = torch.empty_like(q)
     titans_memory_fwd_kernel[(B * H,)](
-        q, k, v, theta, eta, alpha, o, w1, w2, s1, s2, *ck, T, every, n_ck,
+        q, k, v, *coeffs, o, w1, w2, s1, s2, *ck, T, every, n_ck,
         H=H, D=D, HID=hidden, CS=chunk_size, BT=cfg["BT"], BE=cfg["BE_F"], DEPTH=depth,
         ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"], SAVE=save,
-        num_warps=cfg["num_warps"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return o, ck if save else []

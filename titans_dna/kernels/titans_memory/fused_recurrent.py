@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .chunk import _start_state, triton_supports
-from .chunk_fwd import titans_memory_fwd
+from .chunk import forward_only, triton_supports
 from .common import MemoryState, check_inputs
 
 
@@ -44,10 +43,6 @@ def fused_recurrent_titans_memory(
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         raise NotImplementedError("fused_recurrent_titans_memory keeps no checkpoints and has no backward; "
                                   "use chunk_titans_memory for training (or call under torch.no_grad())")
-    ws, ss = _start_state(weights, initial_state, q.shape[0])
-    if q.shape[1] == 0:
-        o = q.new_empty(q.shape)
-    else:
-        q, k, v, theta, eta, alpha = (x.contiguous() for x in (q, k, v, theta, eta, alpha))
-        o, _ = titans_memory_fwd(q, k, v, theta, eta, alpha, ws, ss, chunk_size, activation, save=False)
+    q, k, v, theta, eta, alpha = (x.contiguous() for x in (q, k, v, theta, eta, alpha))
+    o, ws, ss = forward_only(q, k, v, theta, eta, alpha, weights, initial_state, chunk_size, activation)
     return o, ((tuple(ws), tuple(ss)) if output_final_state else None)

@@ -28,7 +28,9 @@ class GenomicBenchmarksCNN(nn.Module):
         vocab_size: embedding rows (the package tokenizer's 16).
     """
 
-    def __init__(self, num_classes: int, input_len: int, embedding_dim: int = 100, vocab_size: int = EMBED_ROWS):
+    def __init__(
+        self, num_classes: int, input_len: int, embedding_dim: int = 100, vocab_size: int = EMBED_ROWS
+    ):
         super().__init__()
         # Three valid width-8 convolutions with pooling need 57 positions to leave one: pad shorter tasks.
         input_len = max(int(input_len), 57)
@@ -37,7 +39,12 @@ class GenomicBenchmarksCNN(nn.Module):
         layers: list[nn.Module] = []
         channels = embedding_dim
         for out in (16, 8, 4):
-            layers += [nn.Conv1d(channels, out, kernel_size=8), nn.BatchNorm1d(out), nn.ReLU(), nn.MaxPool1d(2)]
+            layers += [
+                nn.Conv1d(channels, out, kernel_size=8),
+                nn.BatchNorm1d(out),
+                nn.ReLU(),
+                nn.MaxPool1d(2),
+            ]
             channels = out
         self.features = nn.Sequential(*layers, nn.Flatten())
         length = input_len
@@ -48,8 +55,12 @@ class GenomicBenchmarksCNN(nn.Module):
 
     def config(self) -> dict:
         """Constructor arguments, for saving next to the weights."""
-        return {"num_classes": self.num_classes, "input_len": self.input_len, "embedding_dim": self.embedding_dim,
-                "vocab_size": self.embeddings.num_embeddings}
+        return {
+            "num_classes": self.num_classes,
+            "input_len": self.input_len,
+            "embedding_dim": self.embedding_dim,
+            "vocab_size": self.embeddings.num_embeddings,
+        }
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, num_classes] for token ids [B, T] (padding positions must hold PAD_ID)."""

@@ -13,9 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import matthews_corrcoef
-from sklearn.preprocessing import normalize
 
 from titans_dna.data.atomic import atomic_path
 
@@ -98,13 +95,26 @@ class KmerLogReg:
     search: dict[float, float] | None = None
 
     def features(self, seqs: Sequence[str]) -> sp.csr_matrix:
-        """L1-normalised canonical k-mer counts [n, n_features]: frequencies, so length does not dominate."""
-        return normalize(canonical_kmer_counts(seqs, self.k), norm="l1", axis=1)
+        """Canonical k-mer frequencies [n, n_features] (counts / row total), so length does not dominate."""
+        counts = canonical_kmer_counts(seqs, self.k)
+        totals = np.asarray(counts.sum(axis=1)).ravel()
+        return sp.diags(1.0 / np.maximum(totals, 1.0)) @ counts
 
-    def fit(self, train_seqs: Sequence[str], train_labels: Sequence[int], valid_seqs: Sequence[str],
-            valid_labels: Sequence[int], n_classes: int,
-            c_grid: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0), seed: int = 0) -> KmerLogReg:
+    def fit(
+        self,
+        train_seqs: Sequence[str],
+        train_labels: Sequence[int],
+        valid_seqs: Sequence[str],
+        valid_labels: Sequence[int],
+        n_classes: int,
+        c_grid: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0),
+        seed: int = 0,
+    ) -> KmerLogReg:
         """Fit one model per C on train and keep the one with the best validation MCC."""
+        # Imported here, not at module level: inference commands never fit and skip the slow import.
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import matthews_corrcoef
+
         x_train, x_valid = self.features(train_seqs), self.features(valid_seqs)
         y_train, y_valid = np.asarray(train_labels), np.asarray(valid_labels)
         # Frequencies are tiny (~1/n_features); scaling by n_features puts them near 1 for the solver.
@@ -136,11 +146,18 @@ class KmerLogReg:
     def save(self, path: str | os.PathLike) -> None:
         """Write the weights and settings as one .npz file (atomic; no pickle)."""
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, k=self.k, C=self.C, coef=self.coef, intercept=self.intercept, n_classes=self.n_classes)
+            np.savez(
+                fh, k=self.k, C=self.C, coef=self.coef, intercept=self.intercept, n_classes=self.n_classes
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> KmerLogReg:
         """Read a model written by ``save``."""
         with np.load(path) as z:
-            return cls(k=int(z["k"]), C=float(z["C"]), coef=z["coef"], intercept=z["intercept"],
-                       n_classes=int(z["n_classes"]))
+            return cls(
+                k=int(z["k"]),
+                C=float(z["C"]),
+                coef=z["coef"],
+                intercept=z["intercept"],
+                n_classes=int(z["n_classes"]),
+            )

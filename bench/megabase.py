@@ -1,0 +1,287 @@
+"""Megabase streaming (issue 6): the `small` Titans-DNA model (random init: throughput only) streamed over the
+first 256 kbp, the first 1 Mbp and the whole 4.64 Mbp E. coli K-12 genome as ONE sequence each
+(`titans-dna embed --stream`'s path: piece by piece with the state carried, windows every 1 kbp, bf16
+autocast), with Mbp/s and peak GPU memory per case (torch.cuda.max_memory_allocated, reset per case).
+Targets: peak at 4.64 Mbp within 1.1x of the peak at 256 kbp; the whole genome in under 10 s.
+
+Beside it, on the same card, the longest single forward call of two peers (batch 1, no_grad, bf16), lengths
+doubling from 256k until an OOM or a call over --cap-s seconds (a call predicted to pass the cap is skipped):
+  sdpa            torch SDPA causal attention, 8 heads x 64, flash backend
+  titans_pytorch  titans-pytorch NeuralMemory(dim=512, heads=8, dim_head=64, chunk_size=64), if importable
+Every contender runs in its own subprocess under --peer-timeout, so an OOM or a hang stays contained; each
+case is written out as soon as it finishes.
+
+GPU (device tool; the data folder carried, e.g. as .devdata):
+    TITANS_DNA_DATA=.devdata python bench/megabase.py --out $OUT
+CPU smoke test (tiny model, short lengths, no meaning as timings):
+    python bench/megabase.py --quick --out /tmp/megabase
+Writes megabase.json and megabase.md to --out (default $OUT, else ./bench_out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from titans_dna.data.atomic import atomic_write_text
+from titans_dna.data.genome import Genome
+from titans_dna.data.paths import shared_data_dir
+from titans_dna.kernels.titans_memory import last_backend
+from titans_dna.model import TitansConfig, TitansDNA
+from titans_dna.data.bed import Interval
+from titans_dna.train.stream_writers import stream_embed_file
+
+ECOLI = "genomes/ecoli_K12_MG1655.fa.gz"
+PEERS = ("sdpa", "titans_pytorch")
+HEADS, HEAD_DIM, DIM, CHUNK = 8, 64, 512, 64
+GiB = 2**30
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / GiB if device.type == "cuda" else None
+
+
+def allocated_gib(device: torch.device) -> float | None:
+    return torch.cuda.memory_allocated(device) / GiB if device.type == "cuda" else None
+
+
+def emit(path: Path, record: dict) -> None:
+    """Append one result as a JSON line (survives the worker being killed later) and echo it."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    print(json.dumps(record), flush=True)
+
+
+# ---- ours: the streamed model ---------------------------------------------------------------------------
+def run_ours(args: argparse.Namespace, result: Path) -> None:
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = TitansDNA(TitansConfig.preset(args.preset)).to(device).eval()
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    genome = Genome(args.genome)
+    chrom, size = max(genome.records.items(), key=lambda kv: kv[1])
+    lengths = [size if n == "all" else min(int(n), size) for n in args.lengths.split(",")]
+    weights_gib = allocated_gib(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        def stream(length: int) -> tuple[float, float]:
+            """Seconds to stream the first `length` bp (windows every kbp into HDF5) and nats per base."""
+            sync(device)
+            start = time.perf_counter()
+            summary = stream_embed_file(model, genome, [Interval(chrom, 0, length)], Path(tmp) / "emb.h5",
+                                        stride=1000, piece_segments=args.piece_segments, precision=precision,
+                                        progress=False)[0]
+            sync(device)
+            return time.perf_counter() - start, summary.nats_per_base
+
+        warm = stream(min(lengths[0], 4 * args.piece_segments * model.config.segment_len))[0]  # compile/autotune
+        emit(result, {"peer": "ours", "case": "warm-up", "seconds": warm, "backend": last_backend()})
+        rate = None
+        for length in lengths:
+            predicted = length / rate if rate else 0.0
+            if predicted > args.ours_cap_s:
+                emit(result, {"peer": "ours", "length": length, "status": f"skipped: predicted {predicted:.0f} s"})
+                continue
+            reset_peak(device)
+            seconds, nats = stream(length)
+            rate = length / seconds
+            emit(result, {"peer": "ours", "length": length, "status": "ok", "seconds": seconds,
+                          "mbp_per_s": rate / 1e6, "peak_gib": peak_gib(device), "weights_gib": weights_gib,
+                          "nats_per_base": nats, "whole_genome": length == size, "record": chrom,
+                          "backend": last_backend(), "parameters": model.num_parameters()})
+
+
+# ---- peers: one forward call per length -------------------------------------------------------------------
+def peer_call(peer: str, length: int, device: torch.device):
+    """A no-argument forward call of `peer` at batch 1 over `length` tokens (inputs built here)."""
+    import torch.nn.functional as F
+
+    bf16 = device.type == "cuda"
+    if peer == "sdpa":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, device=device, dtype=dtype) for _ in range(3))
+        backends = [SDPBackend.FLASH_ATTENTION] if bf16 else [SDPBackend.MATH]
+
+        def call():
+            with torch.no_grad(), sdpa_kernel(backends):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return call
+    from titans_pytorch import NeuralMemory
+
+    memory = NeuralMemory(dim=DIM, chunk_size=CHUNK, heads=HEADS, dim_head=HEAD_DIM).to(device)
+    x = torch.randn(1, length, DIM, device=device)
+
+    def call():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return memory(x)[0]
+    return call
+
+
+def run_peer(args: argparse.Namespace, peer: str, result: Path) -> None:
+    device = torch.device(args.device)
+    try:
+        peer_call(peer, 1024, device)()  # import, allocator and kernel warm-up
+    except ImportError as err:
+        emit(result, {"peer": peer, "status": f"not importable: {err}"})
+        return
+    length, last = args.peer_start, None
+    while length <= args.peer_max:
+        if last is not None:  # attention grows as length^2, the memory layer linearly
+            predicted = last[1] * (length / last[0]) ** (2 if peer == "sdpa" else 1)
+            if predicted > args.cap_s:
+                emit(result, {"peer": peer, "length": length, "status": f"skipped: predicted {predicted:.0f} s"})
+                return
+        reset_peak(device)
+        record = {"peer": peer, "length": length}
+        try:
+            call = peer_call(peer, length, device)
+            sync(device)
+            start = time.perf_counter()
+            out = call()
+            sync(device)
+            seconds = time.perf_counter() - start
+            finite = bool(torch.isfinite(out).all())
+            del out, call
+            record.update(seconds=seconds, finite=finite, peak_gib=peak_gib(device),
+                          status="ok" if seconds <= args.cap_s else f"over {args.cap_s:.0f} s")
+        except Exception as err:  # noqa: BLE001 - an OOM or a crash of a peer is a result
+            oom = isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+            record.update(status="OOM" if oom else "error", error=f"{type(err).__name__}: {err}"[:400],
+                          peak_gib=peak_gib(device))
+        emit(result, record)
+        if record["status"] != "ok":
+            return
+        last, length = (length, record["seconds"]), length * 2
+
+
+# ---- the report ---------------------------------------------------------------------------------------------
+def markdown(report: dict) -> str:
+    rows = report["results"]
+    ours = [r for r in rows if r.get("peer") == "ours" and "length" in r]
+    lines = [f"## Megabase streaming, {report['environment'].get('gpu', report['environment']['device'])}", "",
+             f"Model: `{report['config']['preset']}` preset, random init, pieces of "
+             f"{report['config']['piece_segments']} segments, bf16 autocast on CUDA; memory backend "
+             f"{next((r.get('backend') for r in ours if r.get('backend')), 'n/a')}.", "",
+             "| length (bp) | seconds | Mbp/s | peak GiB | status |", "|---|---|---|---|---|"]
+    for r in ours:
+        label = f"{r['length']:,}" + (" (whole genome)" if r.get("whole_genome") else "")
+        lines.append(f"| {label} | {_f(r.get('seconds'))} | {_f(r.get('mbp_per_s'), 3)} | "
+                     f"{_f(r.get('peak_gib'), 3)} | {r['status']} |")
+    ok = {r["length"]: r for r in ours if r["status"] == "ok"}
+    if ok:
+        first, whole = ok[min(ok)], ok[max(ok)]
+        if first.get("peak_gib") and whole.get("peak_gib"):
+            lines.append(f"\nPeak memory {whole['length']:,} bp / {first['length']:,} bp: "
+                         f"{whole['peak_gib'] / first['peak_gib']:.3f}x (target <= 1.1x).")
+        if whole.get("whole_genome"):
+            lines.append(f"Whole genome ({whole['length']:,} bp): {whole['seconds']:.1f} s (target < 10 s).")
+    lines += ["", f"Peers, one forward call at batch 1 (lengths doubling until OOM or over "
+              f"{report['config']['cap_s']:.0f} s):", "",
+              "| peer | length | seconds | peak GiB | status |", "|---|---|---|---|---|"]
+    for peer in PEERS:
+        runs = [r for r in rows if r.get("peer") == peer]
+        for r in runs:
+            length = f"{r['length']:,}" if "length" in r else "-"
+            lines.append(f"| {peer} | {length} | {_f(r.get('seconds'))} | {_f(r.get('peak_gib'), 3)} | "
+                         f"{r['status']} |")
+        passed = [r["length"] for r in runs if r.get("status") == "ok"]
+        longest = f"**{max(passed):,}**" if passed else "none"
+        lines.append(f"| **{peer} longest** | {longest} | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def environment(device: str) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--genome", default=None, help=f"FASTA to stream (default: <data root>/{ECOLI})")
+    p.add_argument("--data-root", default=None,
+                   help="shared data folder (default: $TITANS_DNA_DATA, else ../shared/data)")
+    p.add_argument("--preset", default="small", help="model preset (random init)")
+    p.add_argument("--lengths", default="262144,1048576,all", help="prefix lengths in bp; 'all' = whole record")
+    p.add_argument("--piece-segments", type=int, default=16, help="segments per forward call")
+    p.add_argument("--ours-cap-s", type=float, default=300, help="skip a length predicted to take longer")
+    p.add_argument("--peers", default=",".join(PEERS), help="comma list of peers ('' for none)")
+    p.add_argument("--peer-start", type=int, default=262144, help="first peer length")
+    p.add_argument("--peer-max", type=int, default=1 << 25, help="longest peer length tried")
+    p.add_argument("--cap-s", type=float, default=20.0, help="a peer call over this many seconds fails")
+    p.add_argument("--peer-timeout", type=float, default=180, help="seconds before a worker is killed")
+    p.add_argument("--quick", action="store_true", help="CPU smoke test: tiny model, short lengths")
+    p.add_argument("--out", default=None, help="output folder (default: $OUT, else ./bench_out)")
+    p.add_argument("--worker", choices=("ours", *PEERS), help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.preset, args.lengths, args.cap_s = "tiny", "1024,2048", 2.0
+        args.peer_start, args.peer_max = 1024, 4096
+    if args.genome is None:
+        root = Path(args.data_root) if args.data_root else shared_data_dir()
+        args.genome = str(root / ECOLI)
+    if args.worker == "ours":
+        run_ours(args, Path(args.result))
+        return 0
+    if args.worker:
+        run_peer(args, args.worker, Path(args.result))
+        return 0
+
+    out = Path(args.out or os.environ.get("OUT") or "bench_out")
+    workers = ["ours", *[peer for peer in args.peers.split(",") if peer]]
+    report = {"environment": environment(args.device), "results": [],
+              "config": {k: getattr(args, k) for k in ("preset", "lengths", "piece_segments", "cap_s",
+                                                       "peer_start", "genome", "quick")}}
+    for worker in workers:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = Path(tmp) / "result.jsonl"
+            result.touch()
+            given = argv if argv is not None else sys.argv[1:]
+            cmd = [sys.executable, os.path.abspath(__file__), *given, "--worker", worker, "--result", str(result),
+                   "--genome", args.genome, "--device", args.device]
+            timeout = args.peer_timeout if worker != "ours" else None
+            try:
+                status = subprocess.run(cmd, timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                status = f"killed after {timeout:.0f} s"
+            rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+            if status != 0:
+                rows.append({"peer": worker, "status": f"worker ended: {status}"})
+            report["results"] += rows
+    atomic_write_text(out / "megabase.json", json.dumps(report, indent=1))
+    table = markdown(report)
+    atomic_write_text(out / "megabase.md", table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Streaming inference (titans_dna/train/streaming.py, stream_writers.py, `--stream` in the CLI): a region run
+piece by piece with the state carried equals the same region run as one forward, for the per-position
+log-likelihoods, the per-window embeddings and the pooled embedding; files appear whole or not at all."""
+
+from __future__ import annotations
+
+import random
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import titans_dna.train.streaming as streaming
+from titans_dna.cli import main
+from titans_dna.data.bed import Interval
+from titans_dna.data.genome import Genome
+from titans_dna.data.tokenizer import BASE_IDS
+from titans_dna.model import TitansConfig, TitansDNA
+from titans_dna.model.heads import pool
+from titans_dna.train.inference import log_likelihood
+from titans_dna.train.stream_writers import stream_embed_file, stream_score_file
+from titans_dna.train.streaming import BinPooler, RegionStream
+
+POOLINGS = ("mean", "max", "first", "last")
+EXACT = dict(rtol=0.0, atol=1e-10)
+F32 = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny tensors: extra threads only add synchronisation on a busy 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(dtype: torch.dtype = torch.float64, block: str = "mac") -> TitansDNA:
+    # window < segment_len (mag/mal reach across pieces); chunk 4, segment 16: many boundaries in 300 bp
+    config = TitansConfig(d_model=32, n_layers=2, n_heads=2, head_dim=16, block=block, chunk_size=4,
+                          segment_len=16, n_persistent=2, window=12)
+    return TitansDNA(config).to(dtype).eval()
+
+
+def whole(model: TitansDNA, genome: Genome, region: Interval) -> tuple[torch.Tensor, ...]:
+    """(ids [L], hidden [L, d], log p(x_i | x_<i) [L] with NaN at 0 and on non-bases) from ONE forward."""
+    ids = genome.fetch_ids(region.chrom, region.start, region.end, region.strand)[0]
+    ids = torch.from_numpy(ids.copy()).long()
+    with torch.no_grad():
+        out = model(ids[None])
+    logp = torch.log_softmax(out.logits[0], dim=-1)
+    ll = torch.full(ids.shape, float("nan"), dtype=logp.dtype)
+    ll[1:] = logp[:-1].gather(1, ids[1:, None])[:, 0]
+    ll[~torch.isin(ids, torch.tensor(BASE_IDS))] = float("nan")
+    return ids, out.hidden_states[0], ll
+
+
+def windows_of(hidden: torch.Tensor, stride: int, how: str) -> torch.Tensor:
+    ones = torch.ones(1, hidden.shape[0], dtype=torch.bool)
+    return torch.cat([pool(hidden[None, i:i + stride], ones[:, i:i + stride], how)
+                      for i in range(0, hidden.shape[0], stride)])
+
+
+@pytest.mark.parametrize("width", [1, 5, 16, 1000])
+def test_bin_pooler_in_random_pieces_equals_one_shot(width, seed):
+    values = torch.randn(203, 3, dtype=torch.float64)
+    cuts = sorted(random.Random(seed).sample(range(1, 203), 9))
+    for how in POOLINGS:
+        pooler, starts, pooled = BinPooler(how, width), [], []
+        for lo, hi in zip([0, *cuts], [*cuts, 203], strict=True):
+            s, p = pooler.add(lo, values[lo:hi])
+            starts.append(s)
+            pooled.append(p)
+        tail = pooler.finish()
+        if tail is not None:
+            starts.append(tail[0])
+            pooled.append(tail[1])
+        assert torch.equal(torch.cat(starts), torch.arange(0, 203, width))
+        torch.testing.assert_close(torch.cat(pooled), windows_of(values, width, how), **EXACT)
+
+
+@pytest.mark.parametrize("block", ["mac", "mal"])
+def test_stream_equals_whole_sequence(block, monkeypatch, seed):
+    """Pieces of 2 segments (32 tokens), genome reads of 64 bases, windows of 37 bp straddling pieces."""
+    monkeypatch.setattr(streaming, "READ_BASES", 80)
+    model = tiny_model(block=block)
+    rng = random.Random(seed)
+    genome = Genome({"chrA": "".join(rng.choice("ACGTacgtN") for _ in range(331))})
+    for region in (Interval("chrA", 0, 331), Interval("chrA", 7, 290, "-")):
+        ids, hidden, ll = whole(model, genome, region)
+        for how in POOLINGS:
+            stream = RegionStream(model, genome, region, stride=37, pooling=how, piece_segments=2)
+            pieces = list(stream)
+            assert len(pieces) == -(-len(region) // 32)
+            torch.testing.assert_close(stream.embedding, windows_of(hidden, len(region), how)[0], **EXACT)
+            windows = torch.cat([p.windows for p in pieces])
+            torch.testing.assert_close(windows, windows_of(hidden, 37, how), **EXACT)
+            assert torch.equal(torch.cat([p.window_starts for p in pieces]), torch.arange(0, len(region), 37))
+        streamed = torch.cat([p.loglik for p in pieces])
+        torch.testing.assert_close(streamed, ll, equal_nan=True, **EXACT)
+        total, scored = log_likelihood(model, ids[None], torch.ones_like(ids[None], dtype=bool))
+        assert stream.scored == int(scored) == int((~ll.isnan()).sum())
+        assert stream.log_likelihood == pytest.approx(float(ll.nansum()), abs=1e-9)
+        assert stream.log_likelihood == pytest.approx(float(total), rel=1e-6)  # inference scores in float32
+
+
+def test_files_hold_the_stream(tmp_path, seed):
+    """HDF5 embeddings, HDF5 and bedGraph tracks (binned), genome coordinates on both strands."""
+    model = tiny_model(torch.float32)
+    rng = random.Random(seed)
+    genome = Genome({"chrA": "".join(rng.choice("ACGT") for _ in range(250)),
+                     "chrB": "".join(rng.choice("ACGTN") for _ in range(90))})
+    regions = [Interval("chrA", 0, 250), Interval("chrB", 10, 90, "-")]
+    kw = dict(piece_segments=3, progress=False)
+    stream_embed_file(model, genome, regions, tmp_path / "emb.h5", stride=30, **kw)
+    stream_score_file(model, genome, regions, tmp_path / "ll.h5", stride=7, **kw)
+    stream_score_file(model, genome, regions, tmp_path / "ll.bedGraph", stride=7, **kw)
+    with h5py.File(tmp_path / "emb.h5") as emb, h5py.File(tmp_path / "ll.h5") as ll:
+        assert list(emb["names"].asstr()) == list(ll["names"].asstr()) == ["chrA", "chrB:10-90(-)"]
+        assert list(emb["window_offsets"]) == [0, 9, 12] and list(ll["track_offsets"]) == [0, 36, 48]
+        for i, region in enumerate(regions):
+            ids, hidden, per_base = whole(model, genome, region)
+            window = slice(*emb["window_offsets"][i:i + 2])
+            np.testing.assert_allclose(emb["windows"][window], windows_of(hidden, 30, "mean"), **F32)
+            np.testing.assert_allclose(emb["embeddings"][i], hidden.mean(0), **F32)
+            bins = [per_base[j:j + 7] for j in range(0, len(ids), 7)]
+            expected = torch.stack([b[~b.isnan()].mean() for b in bins])
+            np.testing.assert_allclose(ll["track"][slice(*ll["track_offsets"][i:i + 2])], expected, **F32)
+            assert ll["log_likelihood"][i] == pytest.approx(float(per_base.nansum()), rel=1e-5)
+        # chrB's reverse strand: its first window is the genome's last 30 bases of the region
+        assert (emb["window_start"][9], emb["window_end"][9], emb["window_start"][11]) == (60, 90, 10)
+        track = ll["track"][:]
+    lines = [line.split("\t") for line in (tmp_path / "ll.bedGraph").read_text().splitlines()]
+    assert len(lines) == 48  # every bin has a scored base
+    assert lines[0][:3] == ["chrA", "0", "7"] and lines[-1][:3] == ["chrB", "10", "13"]
+    np.testing.assert_allclose([float(v) for *_, v in lines[:36]], track[:36], rtol=1e-5)
+
+
+def test_outputs_are_atomic(tmp_path):
+    """An error in the second region leaves the previous output untouched and no temporary file behind."""
+
+    class Failing(Genome):
+        def fetch_ids(self, chrom, start, end, strand="+"):
+            if chrom == "chrB":
+                raise OSError("disk went away")
+            return super().fetch_ids(chrom, start, end, strand)
+
+    model = tiny_model(torch.float32)
+    genome = Failing({"chrA": "ACGT" * 30, "chrB": "ACGT" * 30})
+    regions = [Interval("chrA", 0, 120), Interval("chrB", 0, 120)]
+    for name, write in (("emb.h5", stream_embed_file), ("ll.h5", stream_score_file),
+                        ("ll.bedGraph", stream_score_file)):
+        (tmp_path / name).write_text("previous")
+        with pytest.raises(OSError, match="disk went away"):
+            write(model, genome, regions, tmp_path / name, progress=False)
+        assert (tmp_path / name).read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.h5", "ll.bedGraph", "ll.h5"]
+
+
+def test_cli_stream_on_phage_lambda(data_dir, tmp_path, capsys):
+    """`embed --stream` and `score --stream` over a 3 kb slice of phage lambda (FASTA and BED input); the
+    streamed log-likelihood equals the plain `score` command's."""
+    lam = data_dir / "genomes" / "phage_lambda_NC_001416.fa"
+    name = next(iter(Genome(lam).records))
+    seq = Genome(lam).fetch(name, 20000, 23000)
+    (tmp_path / "slice.fa").write_text(f">lambda_slice\n{seq}\n")
+    (tmp_path / "slice.bed").write_text(f"{name}\t20000\t23000\n")
+    torch.manual_seed(0)
+    model = TitansDNA(TitansConfig(d_model=32, n_layers=2, n_heads=2, head_dim=16, chunk_size=8,
+                                   segment_len=32, n_persistent=2))
+    model.save_pretrained(tmp_path / "model")
+    common = ["--checkpoint", str(tmp_path / "model"), "--device", "cpu", "--no-progress"]
+    assert main(["embed", str(tmp_path / "slice.fa"), "--out", str(tmp_path / "emb.h5"), "--stream",
+                 "--stride", "500", "--piece-segments", "4", *common]) == 0
+    assert main(["score", "--bed", str(tmp_path / "slice.bed"), "--reference", str(lam), "--stream",
+                 "--out", str(tmp_path / "ll.h5"), "--stride", "100", *common]) == 0
+    assert main(["score", str(tmp_path / "slice.fa"), "--out", str(tmp_path / "plain.tsv"), *common]) == 0
+    with h5py.File(tmp_path / "emb.h5") as emb, h5py.File(tmp_path / "ll.h5") as ll:
+        assert emb["windows"].shape == (6, 32) and emb["embeddings"].shape == (1, 32)
+        assert list(emb["window_end"]) == list(range(500, 3001, 500))
+        assert ll["track"].shape == (30,) and np.isfinite(ll["track"][:]).all()
+        assert list(ll["chrom"].asstr()) == [name] and ll["start"][0] == 20000 and ll["end"][0] == 23000
+        streamed = float(ll["log_likelihood"][0])
+    header, row = (tmp_path / "plain.tsv").read_text().splitlines()
+    plain = float(dict(zip(header.split("\t"), row.split("\t"), strict=True))["log_likelihood"])
+    assert streamed == pytest.approx(plain, rel=1e-5)
+    assert "records streamed" in capsys.readouterr().out

@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 
 from titans_dna.data.atomic import atomic_write_text
+from titans_dna.data.bed import Interval
 from titans_dna.data.genome import Genome
 from titans_dna.data.paths import shared_data_dir
 from titans_dna.kernels.titans_memory import last_backend
 from titans_dna.model import TitansConfig, TitansDNA
-from titans_dna.data.bed import Interval
 from titans_dna.train.stream_writers import stream_embed_file
 
 ECOLI = "genomes/ecoli_K12_MG1655.fa.gz"
@@ -93,13 +93,15 @@ def run_ours(args: argparse.Namespace, result: Path) -> None:
             sync(device)
             return time.perf_counter() - start, summary.nats_per_base
 
-        warm = stream(min(lengths[0], 4 * args.piece_segments * model.config.segment_len))[0]  # compile/autotune
+        warm_up = min(lengths[0], 4 * args.piece_segments * model.config.segment_len)
+        warm = stream(warm_up)[0]  # Triton compile and autotune happen here
         emit(result, {"peer": "ours", "case": "warm-up", "seconds": warm, "backend": last_backend()})
         rate = None
         for length in lengths:
             predicted = length / rate if rate else 0.0
             if predicted > args.ours_cap_s:
-                emit(result, {"peer": "ours", "length": length, "status": f"skipped: predicted {predicted:.0f} s"})
+                emit(result, {"peer": "ours", "length": length,
+                              "status": f"skipped: predicted {predicted:.0f} s"})
                 continue
             reset_peak(device)
             seconds, nats = stream(length)
@@ -150,7 +152,8 @@ def run_peer(args: argparse.Namespace, peer: str, result: Path) -> None:
         if last is not None:  # attention grows as length^2, the memory layer linearly
             predicted = last[1] * (length / last[0]) ** (2 if peer == "sdpa" else 1)
             if predicted > args.cap_s:
-                emit(result, {"peer": peer, "length": length, "status": f"skipped: predicted {predicted:.0f} s"})
+                emit(result, {"peer": peer, "length": length,
+                              "status": f"skipped: predicted {predicted:.0f} s"})
                 return
         reset_peak(device)
         record = {"peer": peer, "length": length}
@@ -175,18 +178,19 @@ def run_peer(args: argparse.Namespace, peer: str, result: Path) -> None:
         last, length = (length, record["seconds"]), length * 2
 
 
-# ---- the report ---------------------------------------------------------------------------------------------
+# ---- the report ------------------------------------------------------------------------------------------
 def markdown(report: dict) -> str:
     rows = report["results"]
     ours = [r for r in rows if r.get("peer") == "ours" and "length" in r]
-    lines = [f"## Megabase streaming, {report['environment'].get('gpu', report['environment']['device'])}", "",
+    card = report["environment"].get("gpu", report["environment"]["device"])
+    lines = [f"## Megabase streaming, {card}", "",
              f"Model: `{report['config']['preset']}` preset, random init, pieces of "
              f"{report['config']['piece_segments']} segments, bf16 autocast on CUDA; memory backend "
              f"{next((r.get('backend') for r in ours if r.get('backend')), 'n/a')}.", "",
              "| length (bp) | seconds | Mbp/s | peak GiB | status |", "|---|---|---|---|---|"]
     for r in ours:
         label = f"{r['length']:,}" + (" (whole genome)" if r.get("whole_genome") else "")
-        lines.append(f"| {label} | {_f(r.get('seconds'))} | {_f(r.get('mbp_per_s'), 3)} | "
+        lines.append(f"| {label} | {_f(r.get('seconds'))} | {_f(r.get('mbp_per_s'), 4, 'g')} | "
                      f"{_f(r.get('peak_gib'), 3)} | {r['status']} |")
     ok = {r["length"]: r for r in ours if r["status"] == "ok"}
     if ok:
@@ -211,8 +215,8 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _f(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _f(value: float | None, digits: int = 2, kind: str = "f") -> str:
+    return "-" if value is None else f"{value:.{digits}{kind}}"
 
 
 def environment(device: str) -> dict:
@@ -229,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None,
                    help="shared data folder (default: $TITANS_DNA_DATA, else ../shared/data)")
     p.add_argument("--preset", default="small", help="model preset (random init)")
-    p.add_argument("--lengths", default="262144,1048576,all", help="prefix lengths in bp; 'all' = whole record")
+    p.add_argument("--lengths", default="262144,1048576,all",
+                   help="prefix lengths in bp; 'all' = the whole (longest) record")
     p.add_argument("--piece-segments", type=int, default=16, help="segments per forward call")
     p.add_argument("--ours-cap-s", type=float, default=300, help="skip a length predicted to take longer")
     p.add_argument("--peers", default=",".join(PEERS), help="comma list of peers ('' for none)")
@@ -265,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             result = Path(tmp) / "result.jsonl"
             result.touch()
             given = argv if argv is not None else sys.argv[1:]
-            cmd = [sys.executable, os.path.abspath(__file__), *given, "--worker", worker, "--result", str(result),
-                   "--genome", args.genome, "--device", args.device]
+            cmd = [sys.executable, os.path.abspath(__file__), *given, "--worker", worker,
+                   "--result", str(result), "--genome", args.genome, "--device", args.device]
             timeout = args.peer_timeout if worker != "ours" else None
             try:
                 status = subprocess.run(cmd, timeout=timeout).returncode

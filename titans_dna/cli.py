@@ -136,6 +136,9 @@ def _add_preprocess(subparsers) -> None:
     p.add_argument("--short", choices=("skip", "pad"), default="skip",
                    help="regions shorter than the window: skip them (counted) or pad with [PAD]")
     p.add_argument("--seed", type=int, default=0, help="seed for --num-windows sampling")
+    p.add_argument("--exclude-overlaps", nargs="+", default=None, metavar="TABLE",
+                   help="labelled tables (csv/tsv/parquet/FASTA) whose sequences are kept out of a .npy store: "
+                   "genome bases sharing an exact 32-mer with them (either strand) are stored as N")
     p.set_defaults(run=_run_preprocess)
 
 
@@ -143,13 +146,22 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from titans_dna.data.store import preprocess
+    from titans_dna.data.tables import read_labelled
     from titans_dna.data.token_store import build_token_store
 
     if Path(args.out).suffix == ".npy":
-        store = build_token_store(args.fasta, args.out)
+        exclude = [seq for table in args.exclude_overlaps or [] for seq in read_labelled(table)[0]]
+        store = build_token_store(args.fasta, args.out, exclude_sequences=exclude or None)
         print(f"{store.path}: {len(store.records)} records, {store.data.size:,} tokens "
               f"(index {store.path.with_suffix('.json')})")
+        if exclude:
+            report = store.meta["decontamination"]
+            print(f"kept out of pretraining: {report['masked_bases']:,} bases set to N; "
+                  f"{report['sequences_hit']:,} of {report['labelled_sequences']:,} labelled sequences share "
+                  f"a {report['k']}-mer with the genome")
         return 0
+    if args.exclude_overlaps:
+        raise ValueError("--exclude-overlaps applies to a .npy token store (--out x.npy)")
     if args.window is None:
         raise ValueError("--window is required for an .h5 window store")
     summary = preprocess(

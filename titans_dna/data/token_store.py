@@ -13,14 +13,16 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from titans_dna.data.atomic import atomic_path, atomic_write_text
+from titans_dna.data.decontaminate import OverlapReport, labelled_kmers, overlap_mask, sequences_sharing_kmers
 from titans_dna.data.fasta import iter_records
 from titans_dna.data.genome import resolve_record
-from titans_dna.data.tokenizer import TOKENIZER_VERSION, encode, reverse_complement_ids
+from titans_dna.data.tokenizer import N_ID, TOKENIZER_VERSION, encode, reverse_complement_ids
 
 _MASK_BIT, _ID_BITS = np.uint8(0x80), np.uint8(0x7F)
 
@@ -34,14 +36,25 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def build_token_store(fasta_paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> TokenStore:
+def build_token_store(
+    fasta_paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    exclude_sequences: Sequence[str] | None = None,
+) -> TokenStore:
     """Tokenise every record of ``fasta_paths`` into ``out`` (.npy) plus its ``.json`` index, atomically.
 
     Any reader of `iter_records` works (plain/gzip/BGZF FASTA, GenBank, EMBL). Record names must be unique
     across files. Returns the opened store.
+
+    Args:
+        exclude_sequences: labelled sequences to keep out of pretraining: genome bases covered by a 32-mer
+            shared with any of them (either strand) are stored as N; the counts go into the index under
+            ``decontamination``.
     """
     out = Path(out).with_suffix(".npy")
     records, names, offset = [], set(), 0
+    exclude = labelled_kmers(exclude_sequences) if exclude_sequences else None
+    masked, matched = 0, []
     with tempfile.TemporaryFile(dir=out.parent if out.parent.exists() else None) as raw:
         for path in fasta_paths:
             for name, seq in iter_records(path):
@@ -49,6 +62,11 @@ def build_token_store(fasta_paths: Sequence[str | os.PathLike], out: str | os.Pa
                     raise ValueError(f"{path}: record '{name}' already read from an earlier file")
                 names.add(name)
                 ids, mask = encode(seq, str(path), name)
+                if exclude is not None:
+                    overlap, found = overlap_mask(ids, exclude)
+                    ids[overlap] = N_ID
+                    masked += int(overlap.sum())
+                    matched.append(found)
                 raw.write((ids | (mask.view(np.uint8) << 7)).tobytes())
                 records.append({"name": name, "offset": offset, "length": int(ids.size)})
                 offset += int(ids.size)
@@ -63,6 +81,13 @@ def build_token_store(fasta_paths: Sequence[str | os.PathLike], out: str | os.Pa
         "sources": {str(p): sha256_file(p) for p in fasta_paths if str(p) != "-"},
         "encoding": "uint8 id | soft_mask << 7",
     }
+    if exclude is not None:
+        found = np.unique(np.concatenate(matched)) if matched else np.zeros(0, np.uint64)
+        meta["decontamination"] = asdict(OverlapReport(
+            masked_bases=masked,
+            labelled_sequences=len(exclude_sequences),
+            sequences_hit=sequences_sharing_kmers(exclude_sequences, found),
+        ))
     atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=1))
     return TokenStore(out)
 

@@ -92,9 +92,7 @@ def run_one(task: str, model: str, args: argparse.Namespace, out: Path) -> dict 
         arch = json.loads((Path(args.init) / "config.json").read_text())
         cfg.model = OmegaConf.create({"_target_": "titans_dna.model.TitansConfig", **arch})
     print(f"== {task} / {model}", flush=True)
-    return finetune_from_config(
-        cfg, max_rows=args.max_rows, max_steps=args.max_steps, progress=not args.no_progress
-    )
+    return finetune_from_config(cfg, progress=not args.no_progress)
 
 
 def _cell(summary: dict | None, test: str, metric: str) -> str:
@@ -172,12 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--rerun", action="store_true", help="rerun (task, model) pairs that already have results")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may come before, between or after the options
     if args.quick:
         args.max_rows = args.max_rows or QUICK["max_rows"]
         args.max_steps = args.max_steps or QUICK["max_steps"]
         args.seeds, args.preset = QUICK["seeds"], QUICK["preset"]
         args.overrides = QUICK["overrides"] + args.overrides
+    caps = {"train.max_rows": args.max_rows, "train.max_steps": args.max_steps}
+    args.overrides = [f"{k}={v}" for k, v in caps.items() if v is not None] + args.overrides
     out = Path(args.out).resolve()
     tasks, missing = available_tasks(args.overrides)
     if args.tasks:

@@ -131,11 +131,9 @@ def test_finetune_cli_on_a_gue_subsample(data_dir, tmp_path, seed):
         "train.batch_size=8",
         "train.rc_conjoin=true",
         *TINY_MODEL,
-        "--max-rows",
-        "24",
-        "--max-steps",
-        "2",
-        "--no-progress",
+        "train.max_rows=24",
+        "train.max_steps=2",
+        "train.progress=false",
     ]
     assert main(argv) == 0
     summary = json.loads((run / "metrics.json").read_text())
@@ -176,7 +174,33 @@ def test_finetune_baselines_and_a_missing_label_column(data_dir, tmp_path, capsy
         "--no-progress",
     ]
     assert main(argv) == 0
-    assert json.loads((run / "metrics.json").read_text())["per_seed"][0]["test"]["test"]["n"] == 200
+    test_metrics = json.loads((run / "metrics.json").read_text())["per_seed"][0]["test"]["test"]
+    assert test_metrics["n"] == 200
+    # `evaluate` on the same 200 test rows, written as a labelled file, gives the same metrics.
+    rows = (run / "seed_0" / "predictions.tsv").read_text().splitlines()[1:]
+    table = load_task(
+        compose_config(["task=gue_tf_1", f"data_root={data_dir}"]).task, lambda p: data_dir / p, max_rows=200
+    ).tests["test"]
+    assert [r.split("\t")[0] for r in rows] == table.names
+    data = tmp_path / "test200.csv"
+    data.write_text(
+        "sequence,label\n" + "".join(f"{s},{y}\n" for s, y in zip(table.seqs, table.labels, strict=True))
+    )
+    out = tmp_path / "eval"
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        str(run / "seed_0"),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    evaluated = json.loads((out / "metrics.json").read_text())["test"]["test"]
+    assert evaluated == pytest.approx(test_metrics)
+    assert (out / "predictions.tsv").is_file() and (out / "confusion_matrix.png").is_file()
     bad = tmp_path / "bad"
     bad.mkdir()
     for name in ("train.csv", "test.csv"):
@@ -187,7 +211,6 @@ def test_finetune_baselines_and_a_missing_label_column(data_dir, tmp_path, capsy
         f"task.path={bad}",
         "model=kmer_logreg",
         f"run_dir={tmp_path / 'x'}",
-        "--no-progress",
     ]
     assert main(argv) == 2
     err = capsys.readouterr().err

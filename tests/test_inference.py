@@ -170,6 +170,20 @@ def test_predict_matches_the_classifier_and_rc_conjoining_is_strand_symmetric(ch
 VCF_HEADER = "##fileformat=VCFv4.2\n##contig=<ID=chr1>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
 
 
+def _score_variants(vcf, ref, folder, out, *options: str) -> int:
+    argv = [
+        "score-variants",
+        str(vcf),
+        "--reference",
+        str(ref),
+        "--checkpoint",
+        str(folder),
+        "--out",
+        str(out),
+    ]
+    return main([*argv, "--no-progress", *options])
+
+
 def test_score_variants_tsv_and_vcf(checkpoint, tmp_path, seed):
     folder, model = checkpoint
     rng = np.random.default_rng(seed)
@@ -186,18 +200,7 @@ def test_score_variants_tsv_and_vcf(checkpoint, tmp_path, seed):
     vcf = tmp_path / "v.vcf"
     vcf.write_text(VCF_HEADER + "\n".join(lines) + "\n")
     out = tmp_path / "llr.tsv"
-    base = [
-        "score-variants",
-        str(vcf),
-        "--reference",
-        str(ref),
-        "--checkpoint",
-        str(folder),
-        "--window",
-        "50",
-        "--no-progress",
-    ]
-    assert main([*base, "--out", str(out)]) == 0
+    assert _score_variants(vcf, ref, folder, out, "--window", "50") == 0
     rows = _tsv(out)
     assert [(r["pos"], r["alt"]) for r in rows][:2] == [
         (str(snv), other[chrom[snv - 1]]),
@@ -211,7 +214,7 @@ def test_score_variants_tsv_and_vcf(checkpoint, tmp_path, seed):
     assert float(rows[0]["llr"]) == pytest.approx(expected, abs=1e-4)
     assert float(rows[0]["llr_forward"]) == pytest.approx(ll[1] - ll[0], abs=1e-4)
     out_vcf = tmp_path / "llr.vcf"
-    assert main([*base, "--out", str(out_vcf)]) == 0
+    assert _score_variants(vcf, ref, folder, out_vcf, "--window", "50") == 0
     text = out_vcf.read_text().splitlines()
     assert any(t.startswith("##INFO=<ID=TITANS_LLR,Number=A") for t in text)
     data = [t for t in text if not t.startswith("#")]
@@ -225,18 +228,7 @@ def test_score_variants_refuses_a_ref_allele_that_is_not_in_the_reference(checkp
     _write_fasta(ref, {"chr1": "ACGT" * 50})
     vcf = tmp_path / "bad.vcf"
     vcf.write_text(VCF_HEADER + "chr1\t2\t.\tC\tT\t.\t.\t.\nchr1\t5\t.\tG\tT\t.\t.\t.\n")
-    argv = [
-        "score-variants",
-        str(vcf),
-        "--reference",
-        str(ref),
-        "--checkpoint",
-        str(folder),
-        "--out",
-        str(tmp_path / "x.tsv"),
-        "--no-progress",
-    ]
-    assert main(argv) == 2
+    assert _score_variants(vcf, ref, folder, tmp_path / "x.tsv") == 2
     err = capsys.readouterr().err
     assert "bad.vcf: line 5" in err and "REF 'G'" in err and "'A'" in err
     assert not (tmp_path / "x.tsv").exists()  # nothing half-written

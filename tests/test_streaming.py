@@ -28,12 +28,11 @@ F32 = dict(rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: extra threads only add synchronisation on a busy 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def single_thread():
+    """Tiny models: a second intra-op thread only adds synchronisation (3x slower on a busy 2-core box)."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads(1)
+    torch.set_num_threads(before)
 
 
 def tiny_model(dtype: torch.dtype = torch.float64, block: str = "mac") -> TitansDNA:

@@ -185,6 +185,11 @@ def test_supports_and_checks(ops):
     assert chunk_mod.triton_supports(q, w2, 64)
     assert not chunk_mod.triton_supports(q.double(), w2, 64)
     assert not chunk_mod.triton_supports(q, w2, 256)
+    # float32 chunk tiles are capped at 4096 elements (shared memory of the backward), bf16 at 8192
+    q128 = torch.zeros(1, 8, 2, 128)
+    w128 = [torch.zeros(2, 256, 128), torch.zeros(2, 128, 256)]
+    assert chunk_mod.triton_supports(q128, w128, 32) and not chunk_mod.triton_supports(q128, w128, 64)
+    assert chunk_mod.triton_supports(q128.bfloat16(), w128, 64)
     assert not chunk_mod.triton_supports(torch.zeros(1, 8, 2, 24), [torch.zeros(2, 24, 24)], 16)
     deep = [torch.zeros(2, 64, 32), torch.zeros(2, 64, 64), torch.zeros(2, 32, 64)]
     assert not chunk_mod.triton_supports(q, deep, 16)

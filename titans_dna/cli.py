@@ -222,10 +222,11 @@ def _add_finetune(subparsers) -> None:
         "seeds=[0,1,2] train.lr=1e-4 ...",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    # argparse cannot collect positionals that an option interrupts: the options go after the overrides.
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides (see configs/)")
-    p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per seed (smoke test)")
-    p.add_argument("--max-rows", type=int, default=None, help="cap each split at this many rows (stratified)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--max-steps", type=int, default=None, help="= train.max_steps: optimizer steps per seed")
+    p.add_argument("--max-rows", type=int, default=None, help="= train.max_rows: rows per split (stratified)")
+    p.add_argument("--no-progress", action="store_true", help="= train.progress=false")
     p.set_defaults(run=_run_finetune)
 
 
@@ -233,9 +234,11 @@ def _run_finetune(args: argparse.Namespace) -> int:
     from titans_dna.train.configs import compose_config
     from titans_dna.train.finetune import finetune_from_config
 
-    cfg = compose_config(args.overrides, base_overrides=["train=finetune"])
-    summary = finetune_from_config(cfg, max_rows=args.max_rows, max_steps=args.max_steps,
-                                   progress=False if args.no_progress else None)
+    flags = {"train.max_steps": args.max_steps, "train.max_rows": args.max_rows,
+             "train.progress": False if args.no_progress else None}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
+    cfg = compose_config(overrides, base_overrides=["train=finetune"])
+    summary = finetune_from_config(cfg)
     metric = summary["metric"]
     for name, stats in summary["summary"].items():
         m = stats[metric]
@@ -249,13 +252,15 @@ def _add_evaluate(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="evaluate a fine-tuned model on a task's test set or a labelled file",
         description="Writes metrics.json (accuracy, MCC, F1, AUROC), predictions.tsv and a confusion matrix "
-        "PNG. Data: a task's test split(s) (task=NAME overrides) or --data FILE (CSV/TSV with sequence and "
-        "label columns, or FASTA with >id|label headers).",
+        "PNG. Data: a task's test split(s) (--task NAME, a file of configs/task/) or --data FILE (CSV/TSV "
+        "with sequence and label columns, or FASTA with >id|label headers).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides, e.g. task=gue_tf_0")
     p.add_argument("--checkpoint", required=True, help="fine-tuned model: a finetune run's seed_<n> folder")
-    p.add_argument("--data", default=None, help="labelled file to evaluate on instead of a task's test split")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--task", default=None, help="evaluate on this task's test split(s), e.g. gue_tf_0")
+    data.add_argument("--data", default=None, help="labelled file to evaluate on")
+    p.add_argument("--data-root", default=None, help="folder of the task files (default: the shared data)")
     p.add_argument("--format", choices=("csv", "tsv", "parquet", "fasta"), default=None,
                    help="format of --data (default: from the extension)")
     p.add_argument("--out", default=None, help="output folder (default: runs/evaluate-<date>-<time>)")
@@ -270,18 +275,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from titans_dna.train.evaluate import evaluate_checkpoint
     from titans_dna.train.finetune_data import Split, load_task
 
-    overrides = list(args.overrides) + ([f"run_dir={args.out}"] if args.out else [])
+    overrides = [f"{key}={value}" for key, value in
+                 (("task", args.task), ("data_root", args.data_root), ("run_dir", args.out)) if value]
     cfg = compose_config(overrides, base_overrides=["train=finetune"])
     if args.data:
         from titans_dna.data.tables import read_labelled
 
         seqs, labels, names = read_labelled(args.data, fmt=args.format)
         tests = {"test": Split(list(seqs), labels, list(names))}
-    elif cfg.get("task") is not None:
-        task = load_task(cfg.task, lambda p: data_path(cfg, p))
-        tests = task.tests
     else:
-        raise ValueError("evaluate needs --data FILE or task=NAME")
+        tests = load_task(cfg.task, lambda p: data_path(cfg, p)).tests
     run_dir = prepare_run_dir(cfg, "evaluate")
     conjoin = None if args.rc_conjoin == "auto" else args.rc_conjoin == "yes"
     result = evaluate_checkpoint(args.checkpoint, tests, run_dir, args.batch_size, _device(args.device),

@@ -10,6 +10,7 @@ points at another tree (e.g. a user's copy) instead.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -77,6 +78,18 @@ def data_path(cfg: DictConfig, path: str | os.PathLike) -> Path:
     """A config path: absolute as given, relative ones under :func:`data_root`."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else data_root(cfg) / path
+
+
+def valid_regions_override(regions: Sequence[str]) -> str:
+    """Hydra override holding ``CONTIG:START-END`` ranges (0-based, half-open) out for validation, e.g.
+    ``["chr20:900000-1000000"]`` -> ``data.valid_regions=[{contig:'chr20',start:900000,end:1000000}]``."""
+    held = []
+    for region in regions:
+        match = re.fullmatch(r"(.+):(\d+)-(\d+)", region)
+        if not match:
+            raise ValueError(f"a region looks like CONTIG:START-END (0-based, half-open), got {region!r}")
+        held.append(f"{{contig:'{match[1]}',start:{match[2]},end:{match[3]}}}")
+    return f"data.valid_regions=[{','.join(held)}]"
 
 
 def prepare_run_dir(cfg: DictConfig, command: str, rank: int = 0, world_size: int = 1) -> Path:

@@ -127,7 +127,8 @@ def train_classifier(
             scheduler.step()
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if options.progress:  # .item() waits for the GPU: only when someone watches
+                bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % eval_every == 0 or step == planned:
                 probs = predict_proba(
                     model, valid, options.batch_size, device, options.precision, options.rc_conjoin
@@ -170,7 +171,7 @@ def run_seed(
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     device = pick_device(options.device)
-    input_len = max(len(s) for part in (task.train, task.valid, *task.tests.values()) for s in part.seqs)
+    input_len = max(len(s) for part in (task.train, task.valid) for s in part.seqs)  # test stays unseen
     model = build_classifier(kind, model_cfg, task.num_classes, input_len, init, options.pooling)
     if isinstance(model, KmerLogReg):
         started = time.perf_counter()
@@ -285,16 +286,16 @@ def finetune(
     return summary
 
 
-def finetune_from_config(cfg: DictConfig, max_rows: int | None = None, **overrides) -> dict:
+def finetune_from_config(cfg: DictConfig, **overrides) -> dict:
     """Run ``finetune`` as a composed Hydra config says (``titans-dna finetune task=... [init=...]``).
 
     Reads ``cfg.task`` (configs/task), ``cfg.model`` (a Titans preset, ``cnn_baseline`` or ``kmer_logreg``),
-    ``cfg.train`` (configs/train/finetune.yaml), ``cfg.init``, ``cfg.seeds`` and ``cfg.device``; creates the
-    run folder (``cfg.run_dir``) with the resolved config.
+    ``cfg.train`` (configs/train/finetune.yaml; ``train.max_rows`` caps every split, stratified, for smoke
+    tests), ``cfg.init``, ``cfg.seeds`` and ``cfg.device``; creates the run folder (``cfg.run_dir``) with the
+    resolved config.
 
     Args:
-        max_rows: cap every split at this many rows (stratified), for smoke tests.
-        overrides: ``FinetuneOptions`` fields that win over the config (e.g. ``max_steps``, ``progress``).
+        overrides: ``FinetuneOptions`` fields that win over the config (e.g. ``progress=False``).
     """
     if cfg.get("task") is None:
         raise ValueError("finetune needs a task: task=NAME (a file of configs/task/, e.g. task=gue_tf_0)")
@@ -303,7 +304,7 @@ def finetune_from_config(cfg: DictConfig, max_rows: int | None = None, **overrid
     train_cfg = OmegaConf.to_container(cfg.train, resolve=True)
     options = FinetuneOptions.from_config(train_cfg, device=cfg.get("device", "auto"), **overrides)
     run_dir = prepare_run_dir(cfg, "finetune")
-    valid_fraction = float(train_cfg.get("valid_fraction", 0.1))
+    valid_fraction, max_rows = float(train_cfg.get("valid_fraction", 0.1)), train_cfg.get("max_rows")
 
     def load(seed: int) -> TaskData:
         return load_task(task_cfg, lambda p: data_path(cfg, p), seed, valid_fraction, max_rows)

@@ -8,6 +8,7 @@ Log-likelihood track: the value at position i is log p(x_i | x_<i), read from th
 across piece boundaries); NaN at position 0 and where x_i is not A/C/G/T (as ``inference.log_likelihood``
 counts). File writers are in ``stream_writers.py``.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,6 +63,15 @@ def open_regions(fasta: str | os.PathLike | None = None, bed: str | os.PathLike 
     return genome, check_intervals(read_bed(bed), genome, bed_name=str(bed))
 
 
+def shifted_logliks(logp: Tensor, ids: Tensor, context: Tensor | None) -> Tensor:
+    """log p(x_i | x_<i) [t] for the ids [t] of a piece from its log-probabilities logp [t, V]: position i
+    reads row i - 1, the first position the previous piece's last row ``context`` [1, V] (None at the start
+    of the stream: NaN, nothing to condition on)."""
+    if context is None:
+        context = logp.new_full((1, logp.shape[1]), math.nan)
+    return torch.cat([context, logp[:-1]]).gather(1, ids[:, None])[:, 0]
+
+
 class BinPooler:
     """Pooling of consecutive bins of ``width`` positions (0..width-1, width..2*width-1, ...), fed piece by
     piece; a bin split over pieces pools exactly as if it came in one piece."""
@@ -79,9 +89,8 @@ class BinPooler:
         w, t = self.width, values.shape[0]
         dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
         values = values.to(dtype)
-        first = start // w
+        first, nb = start // w, (start + t - 1) // w - start // w + 1  # host arithmetic: no device sync
         local = torch.arange(start, start + t, device=values.device) // w - first
-        nb = int(local[-1]) + 1
         counts = torch.bincount(local, minlength=nb).to(dtype)
         bin_lo = torch.arange(first, first + nb, device=values.device) * w
         if self.how == "mean":
@@ -186,10 +195,7 @@ class RegionStream:
                 state = out.state
                 logits = out.logits[0]
                 logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-                if context is None:  # position 0 of the region has no context
-                    context = logp.new_full((1, logp.shape[1]), math.nan)
-                picked = torch.cat([context, logp[:-1]]).gather(1, ids[:, None])[:, 0]
-                context = logp[-1:]
+                picked, context = shifted_logliks(logp, ids, context), logp[-1:]
                 scored = torch.isin(ids, bases) & ~torch.isnan(picked)
                 totals += torch.stack([torch.where(scored, picked, 0.0).sum(), scored.sum()]).double()
                 hidden = out.hidden_states[0]

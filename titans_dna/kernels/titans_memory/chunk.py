@@ -23,7 +23,9 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def triton_supports(q: Tensor, weights: Sequence[Tensor], chunk_size: int) -> bool:
     """Whether the Triton kernels handle this call: CUDA tensors (or CPU under TRITON_INTERPRET=1),
     float32/bf16/fp16 inputs, memory depth 1 or 2, head dim a power of two in 16..128, hidden width a
-    power of two up to 512, chunk_size 1..128 (one chunk's rows sit in one tile)."""
+    power of two up to 512, chunk_size 1..128 (one chunk's rows sit in one tile), and a chunk tile
+    (rows rounded up to a power of two >= 16, times D) of at most 8192 elements for bf16/fp16 and 4096 for
+    float32: the backward's shared memory outgrows an SM's 227 KiB beyond that (sm_90, Triton 3.6)."""
     if not (q.is_cuda or (interpreting() and q.device.type == "cpu")):
         return False
     if q.dtype not in _DTYPES or q.dim() != 4 or len(weights) not in (1, 2):
@@ -34,7 +36,10 @@ def triton_supports(q: Tensor, weights: Sequence[Tensor], chunk_size: int) -> bo
     def pow2(x: int, hi: int) -> bool:
         return 16 <= x <= hi and x & (x - 1) == 0
 
-    return pow2(D, 128) and pow2(hidden, 512) and 1 <= chunk_size <= 128
+    if not (pow2(D, 128) and pow2(hidden, 512) and 1 <= chunk_size <= 128):
+        return False
+    rows = max(16, 1 << (chunk_size - 1).bit_length())
+    return rows * D <= (4096 if q.dtype == torch.float32 else 8192)
 
 
 def _start_state(weights: Sequence[Tensor], initial_state: MemoryState | None, batch: int,

@@ -31,6 +31,7 @@ from .chunk_fwd import (
     _store_cols,
     _store_rows,
     _tile_offs,
+    build_switches,
     checkpoint_every,
     kernel_config,
 )
@@ -348,12 +349,14 @@ def titans_memory_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: 
     dcw = torch.empty(B * H, 2, T, device=q.device, dtype=torch.float32)
     dsc = torch.empty(B * H, n_chunks, 4, device=q.device, dtype=torch.float32)
     act = 0 if activation == "silu" else 1
-    titans_memory_bwd_kernel[(B * H,)](
-        q, k, v, *coeffs, do, dq, dk, dv, dcw, dsc, *ckpts, *scratch,
-        dws[0], dws[-1], dss[0], dss[-1], T, every, n_ck,
-        H=H, D=D, HID=hidden, CS=chunk_size, BT=cfg["BT"], BE_F=cfg["BE_F"], BE=cfg["BE"], DEPTH=depth,
-        ACT=act, BF16=cfg["BF16"], PREC=cfg["PREC"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
+    with build_switches(cfg):
+        titans_memory_bwd_kernel[(B * H,)](
+            q, k, v, *coeffs, do, dq, dk, dv, dcw, dsc, *ckpts, *scratch,
+            dws[0], dws[-1], dss[0], dss[-1], T, every, n_ck,
+            H=H, D=D, HID=hidden, CS=chunk_size, BT=cfg["BT"], BE_F=cfg["BE_F"], BE=cfg["BE"], DEPTH=depth,
+            ACT=act, BF16=cfg["BF16"], PREC=cfg["PREC"], num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"],
+        )
     dtheta, deta, dalpha = torch.empty_like(theta), torch.empty_like(eta), torch.empty_like(alpha)
     titans_memory_gate_bwd_kernel[(n_chunks, B * H)](
         theta, eta, alpha, dcw, dsc, dtheta, deta, dalpha, T, H=H, CS=chunk_size, BT=cfg["BT"], num_warps=4,

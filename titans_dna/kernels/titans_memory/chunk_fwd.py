@@ -13,6 +13,7 @@ the kernel from the chunk's gates, in log space, with the same clamp as common.c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -312,9 +313,32 @@ def titans_memory_fwd_kernel(
         tl.debug_barrier()
 
 
-# Overrides of kernel_config's choices (keys BE_F, BE, num_warps, BF16, PREC), empty in normal use: the
+# Overrides of kernel_config's choices (keys BE_F, BE, num_warps, num_stages, BF16, PREC, wgmma), empty in
+# normal use: the
 # benchmark sweeps tile sizes and dot precisions through it (bench/memory_kernels.py --sweep).
 TUNING: dict = {}
+
+
+@contextlib.contextmanager
+def build_switches(cfg: dict):
+    """Compile-time switches for launches of these kernels (the first launch compiles).
+
+    Unless cfg["wgmma"], the kernels are built with mma.sync instead of Hopper's wgmma: with Triton 3.6 on
+    an H100, the wgmma code of these kernels' bf16 dots (bf16 inputs, and the bf16x3/bf16x6 splits of
+    float32) gave zeros in the forward and illegal addresses in the backward, while tf32 wgmma and
+    mma.sync were right (bench/memory_kernels.py runs, 2026-11-26). Triton reads DISABLE_MMA_V3 when it
+    compiles and keys its cache on it, so other kernels built outside this block are unaffected.
+    """
+    old = os.environ.get("DISABLE_MMA_V3")
+    if not cfg.get("wgmma", False):
+        os.environ["DISABLE_MMA_V3"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("DISABLE_MMA_V3", None)
+        else:
+            os.environ["DISABLE_MMA_V3"] = old
 
 
 def interpreting() -> bool:
@@ -399,10 +423,11 @@ def titans_memory_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         if depth == 1:  # the kernel reads layer 2 only for depth 2
             ck = [ck[0], ck[0], ck[1], ck[1]]
     o = torch.empty_like(q)
-    titans_memory_fwd_kernel[(B * H,)](
-        q, k, v, *coeffs, o, w1, w2, s1, s2, *ck, T, every, n_ck,
-        H=H, D=D, HID=hidden, CS=chunk_size, BT=cfg["BT"], BE=cfg["BE_F"], DEPTH=depth,
-        ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"], SAVE=save,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
+    with build_switches(cfg):
+        titans_memory_fwd_kernel[(B * H,)](
+            q, k, v, *coeffs, o, w1, w2, s1, s2, *ck, T, every, n_ck,
+            H=H, D=D, HID=hidden, CS=chunk_size, BT=cfg["BT"], BE=cfg["BE_F"], DEPTH=depth,
+            ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"], SAVE=save,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )
     return o, ck if save else []

@@ -15,9 +15,13 @@ Stages (each is one `titans-dna` subcommand, called in this process):
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from titans_dna.cli import main as titans_dna
 from titans_dna.data.paths import shared_data_dir
@@ -33,6 +37,13 @@ def run(stage: str, argv: list[str]) -> None:
     if titans_dna(argv) != 0:
         raise SystemExit(f"quickstart: the {stage} stage failed")
     print(f"== {stage} done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def pretrain_summary(run_dir: Path) -> str:
+    """The last validation perplexity in a pretraining run's metrics.csv."""
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        valid = [row for row in csv.DictReader(fh) if row["split"] == "valid"]
+    return f"{float(valid[-1]['ppl']):.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,9 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the preset's)")
     parser.add_argument("--task", default="gue_prom_core_tata", help="fine-tuning task (configs/task/)")
-    parser.add_argument("--max-rows", type=int, default=1000, help="cap on each fine-tuning split's rows")
+    parser.add_argument("--max-rows", type=int, default=800, help="cap on each fine-tuning split's rows")
     parser.add_argument("--embed", default=DEFAULT_EMBED, help="FASTA to embed (relative to --data)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch: the tiny model's ops are small, and on a busy machine two OpenMP "
+        "threads that wait for each other at every op run many times slower than one",
+    )
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     data = Path(args.data).expanduser().resolve() if args.data else shared_data_dir()
     out = Path(args.out).expanduser().resolve()
@@ -98,10 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
 
+    finetuned = json.loads((out / "finetune" / "metrics.json").read_text())
+    test = {name: stats["mean"] for name, stats in finetuned["summary"]["test"].items()}
     print(f"\nquickstart finished in {time.perf_counter() - started:.0f} s; outputs in {out}:")
-    print(f"  pretrain/   loss curves (loss_curves.png), metrics.csv, weights in {checkpoint}")
-    print("  finetune/   metrics.json, predictions and confusion matrices of the fine-tuned classifier")
-    print("  embeddings.h5  one pooled embedding per record of the embedded FASTA")
+    print(
+        f"  pretrain/       validation perplexity {pretrain_summary(out / 'pretrain')}; loss_curves.png, "
+        f"metrics.csv; weights in {checkpoint}"
+    )
+    print(f"  finetune/       {args.task} test: " + ", ".join(f"{k} {v:.3f}" for k, v in test.items()))
+    print("  embeddings.h5   one pooled embedding per record of the embedded FASTA")
     return 0
 
 

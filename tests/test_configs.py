@@ -57,7 +57,7 @@ def test_bad_overrides_are_value_errors(bad):
 
 def test_experiment_presets_override_groups():
     quick = compose_config(["experiment=quickstart"])
-    assert (quick.model.d_model, quick.data.window_length, quick.train.max_steps) == (128, 512, 60)
+    assert (quick.model.d_model, quick.data.window_length, quick.train.max_steps) == (128, 512, 50)
     gpu = compose_config(["experiment=pretrain_small_gpu", "train.max_steps=10"])
     assert (gpu.model.d_model, gpu.data.window_length, gpu.train.max_steps) == (256, 4096, 10)
     assert gpu.train.seq_warmup.steps > 0 and gpu.train.tokens_per_batch % gpu.data.window_length == 0

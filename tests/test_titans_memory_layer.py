@@ -40,7 +40,9 @@ def test_gates_start_at_the_design_values():
     layer = make_layer(theta_max=0.2)
     x = torch.zeros(1, 5, 32, dtype=torch.float64)
     inputs = layer.features(x, torch.ones(1, 5, dtype=torch.bool), None)
-    torch.testing.assert_close(inputs.theta, torch.full_like(inputs.theta, 0.02))
+    # theta starts at a tenth of its bound, which is theta_max / chunk_size per token
+    expected_theta = 0.02 / layer.config.chunk_size
+    torch.testing.assert_close(inputs.theta, torch.full_like(inputs.theta, expected_theta))
     torch.testing.assert_close(inputs.eta, torch.full_like(inputs.eta, 0.9))
     torch.testing.assert_close(inputs.alpha, torch.full_like(inputs.alpha, 0.01))
     q = inputs.q.norm(dim=-1)
@@ -53,11 +55,12 @@ def test_gates_stay_inside_zero_one_and_padding_gets_zero():
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[1, 5:] = False
     inputs = layer.features(x, mask, None)
-    for gate in (inputs.eta, inputs.alpha):
+    c = layer.config
+    bounds = ((inputs.theta, c.theta_max / c.chunk_size), (inputs.eta, c.eta_max), (inputs.alpha, 1.0))
+    for gate, bound in bounds:
         valid = gate[mask]
-        assert valid.min() >= 1e-6 and valid.max() <= 1 - 1e-6
+        assert valid.min() >= 1e-6 * bound and valid.max() <= (1 - 1e-6) * bound
         assert (gate[~mask] == 0).all()
-    assert (inputs.theta[~mask] == 0).all()
 
 
 @pytest.mark.parametrize("depth", [1, 2, 4])

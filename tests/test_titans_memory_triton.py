@@ -157,22 +157,28 @@ def test_chunk_bf16(ops, seed):
 
 
 @interpreted_only
-def test_fused_recurrent_streams(ops, seed):
-    """Whole sequence = two pieces split at a chunk boundary with the state carried; = chunk forward."""
-    chunk_mod, fused_mod = ops
-    B, T, H, D, cs = 2, 56, 2, 16, 16
-    xs, weights, state = make_inputs(B, T, H, D, 2, 2, True, dtype=torch.float32)
+@pytest.mark.parametrize("with_state", [False, True])
+def test_fused_recurrent_streams(ops, seed, with_state):
+    """= the reference; whole sequence = two pieces split at a chunk boundary with the state carried;
+    W_0 and the initial state are left untouched (batch 1, where a broadcast copy could alias W_0)."""
+    _, fused_mod = ops
+    B, T, H, D, cs = 1, 56, 2, 16, 16
+    xs, weights, state = make_inputs(B, T, H, D, 2, 2, with_state, dtype=torch.float32)
+    inputs_before = [t.clone() for t in [*weights, *(state[0] + state[1] if state else ())]]
     with torch.no_grad():
         o, (ws, ss) = fused_mod.fused_recurrent_titans_memory(*xs, weights, state, chunk_size=cs)
-        o_ref, (ws_ref, ss_ref) = chunk_mod.chunk_titans_memory(*xs, weights, state, chunk_size=cs)
-        first = [x[:, :32] for x in xs]
-        second = [x[:, 32:] for x in xs]
-        o1, mid = fused_mod.fused_recurrent_titans_memory(*first, weights, state, chunk_size=cs)
-        o2, (ws2, ss2) = fused_mod.fused_recurrent_titans_memory(*second, weights, mid, chunk_size=cs)
-    torch.testing.assert_close(o, o_ref, rtol=0, atol=0)
+        o_ref, (ws_ref, ss_ref) = naive_chunk_titans_memory(*xs, weights, state, chunk_size=cs)
+        o1, mid = fused_mod.fused_recurrent_titans_memory(*[x[:, :32] for x in xs], weights, state,
+                                                          chunk_size=cs)
+        o2, (ws2, ss2) = fused_mod.fused_recurrent_titans_memory(*[x[:, 32:] for x in xs], weights, mid,
+                                                                 chunk_size=cs)
+    assert_close({"o": o, **{f"s{i}": t for i, t in enumerate([*ws, *ss])}},
+                 {"o": o_ref, **{f"s{i}": t for i, t in enumerate([*ws_ref, *ss_ref])}}, 2e-5)
     torch.testing.assert_close(torch.cat([o1, o2], dim=1), o, rtol=1e-6, atol=1e-6)
-    for a, b in zip([*ws2, *ss2], [*ws_ref, *ss_ref], strict=True):
+    for a, b in zip([*ws2, *ss2], [*ws, *ss], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    after = [*weights, *(state[0] + state[1] if state else ())]
+    assert all(torch.equal(a, b) for a, b in zip(after, inputs_before, strict=True))
     with pytest.raises(NotImplementedError, match="no backward"):
         fused_mod.fused_recurrent_titans_memory(*xs, [w.requires_grad_() for w in weights], chunk_size=cs)
 

@@ -49,13 +49,20 @@ def canonical_kmers(ids: np.ndarray, k: int = KMER) -> tuple[np.ndarray, np.ndar
     return np.minimum(fwd, rev), valid
 
 
+def _joined_kmers(sequences: Iterable[str], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Canonical k-mers of all sequences in one vectorised pass: the sequences are joined by N, so no
+    valid k-mer spans two. Returns ``(kmers, valid, owner)``, owner = index of the sequence of each k-mer."""
+    seqs = list(sequences)
+    kmers, valid = canonical_kmers(encode("N".join(seqs))[0], k)
+    starts = np.cumsum([0] + [len(s) + 1 for s in seqs[:-1]])
+    owner = np.searchsorted(starts, np.arange(kmers.size), side="right") - 1
+    return kmers, valid, owner
+
+
 def labelled_kmers(sequences: Iterable[str], k: int = KMER) -> np.ndarray:
     """Sorted unique canonical k-mers of every sequence (both strands), as uint64."""
-    parts = []
-    for seq in sequences:
-        kmers, valid = canonical_kmers(encode(seq)[0], k)
-        parts.append(kmers[valid])
-    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+    kmers, valid, _ = _joined_kmers(sequences, k)
+    return np.unique(kmers[valid])
 
 
 def _contains(sorted_set: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -91,8 +98,5 @@ class OverlapReport:
 
 def sequences_sharing_kmers(sequences: Iterable[str], kmer_set: np.ndarray, k: int = KMER) -> int:
     """How many of ``sequences`` hold at least one canonical k-mer of ``kmer_set`` (sorted uint64)."""
-    count = 0
-    for seq in sequences:
-        kmers, valid = canonical_kmers(encode(seq)[0], k)
-        count += bool(_contains(kmer_set, kmers[valid]).any())
-    return count
+    kmers, valid, owner = _joined_kmers(sequences, k)
+    return int(np.unique(owner[valid & _contains(kmer_set, kmers)]).size)

@@ -63,12 +63,13 @@ class TitansMemory(nn.Module):
         bound = 1.0 / math.sqrt(config.conv_width)
         self.conv_q, self.conv_k, self.conv_v = (
             nn.Parameter(torch.empty(H * D, 1, config.conv_width).uniform_(-bound, bound)) for _ in range(3))
-        # theta, eta, alpha logits per head; the biases start the gates where DESIGN.md says: theta at
-        # theta_max / 10, eta at 0.9, alpha at 0.01 (sigmoid(0) = 0.5 would halve the memory every token).
+        # theta, eta, alpha logits per head; the biases start the gates where DESIGN.md says: theta at a tenth
+        # of its bound, eta at 0.9, alpha at 0.01 (sigmoid(0) = 0.5 would halve the memory every token).
         self.gates = nn.Linear(d, 3 * H)
         with torch.no_grad():
             self.gates.weight.normal_(0.0, 0.02)
-            self.gates.bias.copy_(torch.tensor([_logit(0.1), _logit(0.9), _logit(0.01)]).repeat_interleave(H))
+            start = [_logit(0.1), _logit(0.9 / config.eta_max), _logit(0.01)]
+            self.gates.bias.copy_(torch.tensor(start).repeat_interleave(H))
         self.weights = nn.ParameterList(_initial_memory(H, D, config.memory_depth, config.memory_expansion))
         self.norm = RMSNorm(H, D)
         self.out_proj = nn.Linear(H * D, d, bias=False)
@@ -102,7 +103,12 @@ class TitansMemory(nn.Module):
             logits = logits.float()
         gates = torch.sigmoid(logits).clamp(GATE_EPS, 1.0 - GATE_EPS) * mask.unsqueeze(-1).to(logits.dtype)
         theta, eta, alpha = gates[..., :H], gates[..., H: 2 * H], gates[..., 2 * H:]
-        return MemoryInputs(q, k, v, self.config.theta_max * theta, eta, alpha)
+        # Every token of a chunk steps from the chunk-start weights, so a chunk moves the memory by about
+        # sum(theta) / (1 - eta) at once: bounding the per-chunk sum (not the per-token rate) and eta keeps
+        # the inner loop stable on low-complexity DNA (near-identical keys), where theta_max = 0.1 per token
+        # or eta -> 1 diverged to NaN within one 256-token segment of real sequence.
+        c = self.config
+        return MemoryInputs(q, k, v, (c.theta_max / c.chunk_size) * theta, c.eta_max * eta, alpha)
 
     # ---- the op -----------------------------------------------------------------------------------------
     def write(self, inputs: MemoryInputs, memory: MemoryState | None) -> tuple[Tensor, MemoryState]:

@@ -48,7 +48,9 @@ def _start_state(weights: Sequence[Tensor], initial_state: MemoryState | None, b
     if initial_state is not None:
         return ([w.detach().float().contiguous().clone() for w in initial_state[0]],
                 [s.detach().float().contiguous().clone() for s in initial_state[1]])
-    ws = [w.detach().float().unsqueeze(0).expand(batch, *w.shape).contiguous() for w in weights]
+    # clone: for batch 1 (or float32 weights) expand().contiguous() would alias W_0 itself
+    ws = [w.detach().float().unsqueeze(0).expand(batch, *w.shape).clone(memory_format=torch.contiguous_format)
+          for w in weights]
     return ws, [torch.zeros_like(w) for w in ws]
 
 

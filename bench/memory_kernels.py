@@ -28,33 +28,33 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from memory_check import (  # noqa: E402 - the bench folder is the script's own
+    CHECKS,
+    CHUNK,
+    DEVICE,
+    DH,
+    HEADS,
+    GiB,
+    check_inputs_for,
+    finite,
+    grads_of,
+    memory_inputs,
+    peak_gib,
+    reset_peak,
+    run_check,
+    run_compile,
+    run_stability,
+    sync,
+)
 
-HEADS, DH, HIDDEN, CHUNK, DMODEL = 8, 64, 256, 64, 512
+DMODEL = 512
 TOKENS = 131072
 LENGTHS = [2048, 8192, 32768, 131072]
 LONG = [262144, 1048576, 4194304]
-CAPS = {"ours": 240, "naive": 150, "titans_pytorch": 120, "titans_pytorch_b64": 60, "fla_gdn": 150, "sdpa": 60}
-GiB = 1024 ** 3
-# BENCH_DEVICE=cpu with TRITON_INTERPRET=1 smoke-tests this script on tiny shapes (no timing meaning)
-DEVICE = os.environ.get("BENCH_DEVICE", "cuda")
-
-
-def sync() -> None:
-    import torch
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def peak_gib() -> float:
-    import torch
-    return torch.cuda.max_memory_allocated() / GiB if DEVICE == "cuda" else 0.0
-
-
-def reset_peak() -> None:
-    import torch
-    if DEVICE == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+CAPS = {"ours": 240, "naive": 150, "titans_pytorch": 120, "titans_pytorch_b64": 60, "fla_gdn": 150,
+        "sdpa": 60}
+if DEVICE == "cpu":
+    TOKENS, LENGTHS, LONG = 64, [32, 64], [128]
 
 
 def timed(fn, pre=None, target_s=0.4, lo=3, hi=30) -> dict:
@@ -78,31 +78,6 @@ def timed(fn, pre=None, target_s=0.4, lo=3, hi=30) -> dict:
     n = int(max(lo, min(hi, target_s * 1e3 / max(probe, 1e-3))))
     ts = sorted(once() for _ in range(n))
     return dict(median_ms=ts[n // 2], min_ms=ts[0], max_ms=ts[-1], reps=n)
-
-
-def finite(*ts) -> bool:
-    import torch
-    return all(bool(torch.isfinite(t.float()).all()) for t in ts if t is not None)
-
-
-# ---------------------------------------------------------------------------------------------------- cases
-def memory_inputs(B, T, dtype, grad, seed=0, device=DEVICE):
-    """Op inputs with the model's default-like gates: theta ~ 0.01, eta ~ 0.9, alpha ~ 0.01."""
-    import torch
-    import torch.nn.functional as F
-    g = torch.Generator(device=device).manual_seed(seed)
-
-    def rnd(*shape):
-        return torch.randn(*shape, device=device, generator=g)
-    q = F.normalize(rnd(B, T, HEADS, DH), dim=-1)
-    k = F.normalize(rnd(B, T, HEADS, DH), dim=-1)
-    v = rnd(B, T, HEADS, DH)
-    theta = 0.02 * torch.sigmoid(rnd(B, T, HEADS))
-    eta = torch.sigmoid(2.2 + 0.5 * rnd(B, T, HEADS))
-    alpha = torch.sigmoid(-4.6 + 0.5 * rnd(B, T, HEADS))
-    weights = [rnd(HEADS, HIDDEN, DH) / DH ** 0.5, rnd(HEADS, DH, HIDDEN) / HIDDEN ** 0.5]
-    xs = [x.to(dtype).requires_grad_(grad) for x in (q, k, v, theta, eta, alpha)]
-    return xs, [w.requires_grad_(grad) for w in weights]
 
 
 def case_memory(op_name, B, T, mode):
@@ -241,7 +216,6 @@ def make_case(peer, B, T, mode):
     return {"fla_gdn": case_fla_gdn, "sdpa": case_sdpa}[peer](B, T, mode)
 
 
-# ---------------------------------------------------------------------------------------------- child tasks
 def run_peer(peer: str, lengths: list[int], long: list[int], path: Path) -> None:
     """Time one peer over the 128k-token shapes, then batch-1 forwards; results to `path` as it goes."""
     import torch
@@ -300,123 +274,6 @@ def run_peer(peer: str, lengths: list[int], long: list[int], path: Path) -> None
         last = rec
 
 
-BOTH, HALF = ("float32", "bfloat16"), ("bfloat16",)  # float32 supports smaller chunk tiles (triton_supports)
-CHECKS = [  # name, B, T, H, D, expansion, depth, chunk, activation, initial state, dtypes
-    ("bench shape", 2, 4096, 8, 64, 4, 2, 64, "silu", False, BOTH),
-    ("tail, gelu, state", 2, 1000, 4, 64, 2, 2, 16, "gelu", True, BOTH),
-    ("depth 1", 2, 777, 4, 64, 1, 1, 32, "silu", True, BOTH),
-    ("D=128 x4, chunk 32", 1, 700, 2, 128, 4, 2, 32, "silu", False, BOTH),
-    ("D=128, chunk 64", 1, 700, 2, 128, 2, 2, 64, "silu", False, HALF),
-    ("chunk 128", 1, 700, 2, 64, 2, 2, 128, "silu", False, HALF),
-    ("D=32, chunk 48", 2, 500, 4, 32, 4, 2, 48, "gelu", False, BOTH),
-]
-if DEVICE == "cpu":
-    CHECKS = [(c[0], 1, 2 * c[7] + 5, 2, min(c[4], 32), c[5], c[6], min(c[7], 32), *c[8:]) for c in CHECKS]
-    HEADS, DH, HIDDEN, CHUNK, TOKENS, LENGTHS, LONG = 2, 16, 32, 16, 64, [32, 64], [128]
-TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
-
-
-def check_inputs_for(cfg, seed):
-    import torch
-    import torch.nn.functional as F
-    _, B, T, H, D, expansion, depth, _, _, with_state, _ = cfg
-    g = torch.Generator(device=DEVICE).manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return scale * torch.randn(*shape, device=DEVICE, generator=g, dtype=torch.float64)
-    E = D * expansion
-    shapes = [(H, D, D)] if depth == 1 else [(H, E, D), (H, D, E)]
-    # gates as memory_inputs (the model's initialisation): large theta / small eta make the inner
-    # recurrence itself ill-conditioned, which would measure the problem rather than the kernel
-    xs = [F.normalize(rnd(B, T, H, D), dim=-1), F.normalize(rnd(B, T, H, D), dim=-1), rnd(B, T, H, D),
-          0.02 * torch.sigmoid(rnd(B, T, H)), torch.sigmoid(2.2 + 0.5 * rnd(B, T, H)),
-          torch.sigmoid(-4.6 + 0.5 * rnd(B, T, H))]
-    ws = [rnd(*s) / s[-1] ** 0.5 for s in shapes]
-    state = None
-    if with_state:
-        state = (tuple(rnd(B, *s, scale=0.3) for s in shapes), tuple(rnd(B, *s, scale=0.05) for s in shapes))
-    return xs, ws, state
-
-
-def grads_of(op, xs, ws, state, dtype, do, dstate, **kw):
-    """Outputs, final state and the gradients of <o, do> + <state, dstate> w.r.t. every input."""
-    import torch
-    xs = [x.detach().to(dtype).requires_grad_() for x in xs]
-    ws = [w.detach().to(dtype).requires_grad_() for w in ws]
-    if state is not None:
-        state = tuple(tuple(s.detach().float().requires_grad_() if dtype != torch.float64 else
-                            s.detach().clone().requires_grad_() for s in part) for part in state)
-    o, (fw, fs) = op(*xs, ws, state, **kw)
-    finals = [*fw, *fs]
-    loss = (o.double() * do).sum() + sum((f.double() * d).sum() for f, d in zip(finals, dstate, strict=True))
-    loss.backward()
-    leaves = xs + (ws if state is None else [*state[0], *state[1]])
-    names = ["q", "k", "v", "theta", "eta", "alpha"] + [f"{'W0' if state is None else 'state'}_{i}"
-                                                          for i in range(len(leaves) - 6)]
-    out = {"o": o, **{f"final_{i}": f for i, f in enumerate(finals)}}
-    out.update({f"d{n}": t.grad for n, t in zip(names, leaves, strict=True)})
-    return out
-
-
-def run_check(path: Path) -> None:
-    """Relative error ||ours - ref|| / ||ref|| of every output and gradient vs the float64 reference."""
-    import torch
-
-    from titans_dna.kernels.titans_memory.chunk import chunk_titans_memory
-    from titans_dna.kernels.titans_memory.naive import naive_chunk_titans_memory
-    rows = []
-    for i, cfg in enumerate(CHECKS):
-        xs, ws, state = check_inputs_for(cfg, seed=1000 + i)
-        kw = dict(chunk_size=cfg[7], activation=cfg[8])
-        do = torch.randn_like(xs[0])
-        dstate = [torch.randn(cfg[1], *w.shape, device=DEVICE, dtype=torch.float64) for w in ws] * 2
-        for dtype in (getattr(torch, d) for d in cfg[10]):
-            # both paths see the same rounded inputs and weights
-            rounded = [x.to(dtype).double() for x in xs]
-            wr = [w.to(dtype).double() for w in ws]
-            t0 = time.time()
-            ref = grads_of(naive_chunk_titans_memory, rounded, wr, state, torch.float64, do, dstate, **kw)
-            t1 = time.time()
-            try:
-                got = grads_of(chunk_titans_memory, rounded, wr, state, dtype, do, dstate, **kw)
-                sync()
-            except Exception as e:  # noqa: BLE001 - one failing configuration must not hide the others
-                rows.append(dict(name=cfg[0], cfg=cfg[1:], dtype=str(dtype), passed=False,
-                                 error=f"{type(e).__name__}: {e}"[:500]))
-                print(f"[check] {cfg[0]:18s} {dtype}: {rows[-1]['error']}", flush=True)
-                path.write_text(json.dumps(rows, indent=1))
-                continue
-            errs = {n: ((got[n].double() - r).norm() / r.norm().clamp_min(1e-30)).item() for n, r in ref.items()}
-            nan = [n for n, t in got.items() if not finite(t)]
-            tol = TOLERANCE[str(dtype).split(".")[1]]
-            worst = max(errs, key=errs.get)
-            row = dict(name=cfg[0], cfg=cfg[1:], dtype=str(dtype), tol=tol, errors=errs, nan=nan,
-                       worst=worst, passed=not nan and errs[worst] < tol, ref_s=t1 - t0,
-                       ours_s=time.time() - t1)
-            rows.append(row)
-            print(f"[check] {cfg[0]:18s} {row['dtype']:15s} worst {worst} {errs[worst]:.2e} (tol {tol:.0e}) "
-                  f"{'PASS' if row['passed'] else 'FAIL'} nan={nan}", flush=True)
-            path.write_text(json.dumps(rows, indent=1))
-
-
-def run_compile(i: int, dtype_name: str, variant: dict) -> None:
-    """Compile one CHECKS configuration's kernels through a tiny call (fills the on-disk Triton cache)."""
-    import torch
-
-    from titans_dna.kernels.titans_memory import chunk_fwd
-    from titans_dna.kernels.titans_memory.chunk import chunk_titans_memory
-    os.environ.update(variant.pop("env", {}))  # compile-time switches such as DISABLE_MMA_V3
-    chunk_fwd.TUNING.update(variant)
-    cfg = list(CHECKS[i])
-    cfg[2] = cfg[7] * 3
-    xs, ws, state = check_inputs_for(tuple(cfg), seed=i)
-    dtype = getattr(torch, dtype_name)
-    xs = [x.to(dtype).requires_grad_() for x in xs]
-    o, _ = chunk_titans_memory(*xs, [w.float() for w in ws], chunk_size=cfg[7], activation=cfg[8])
-    o.float().sum().backward()
-    sync()
-
-
 def run_sweep(variant: dict, lengths: list[int], path: Path) -> None:
     """One kernel_config variant (chunk_fwd.TUNING): bf16 error on the bench shape, then ours' timings."""
     import torch
@@ -456,36 +313,6 @@ def run_sweep(variant: dict, lengths: list[int], path: Path) -> None:
             path.write_text(json.dumps(rec, indent=1))
 
 
-def run_stability(path: Path, T: int = 1 << 20 if DEVICE == "cuda" else 256) -> None:
-    """1M tokens at batch 1 through the streaming kernel, bf16 and float32 inputs: finite, and W neither
-    blown up nor decayed away. Inputs with something to learn (v = k R + noise per head), theta ~ 0.05,
-    eta ~ 0.9, alpha ~ 0.001: with uncorrelated k, v or alpha ~ 0.01 the reference itself decays W to
-    exactly 0 within ~300k tokens (checked on the CPU), which would make "finite" trivially true."""
-    import torch
-    from titans_dna.kernels.titans_memory.fused_recurrent import fused_recurrent_titans_memory
-    xs, ws = memory_inputs(1, T, torch.float32, False, seed=7)
-    g = torch.Generator(device=DEVICE).manual_seed(8)
-    rot = torch.linalg.qr(torch.randn(HEADS, DH, DH, device=DEVICE, generator=g))[0]
-    xs[2] = torch.einsum("bthd,hde->bthe", xs[1], rot) + 0.1 * xs[2]
-    xs[3], xs[5] = 5 * xs[3], 0.1 * xs[5]
-    rec = dict(T=T)
-    finals = {}
-    for dtype in (torch.bfloat16, torch.float32):
-        t0 = time.time()
-        with torch.no_grad():
-            o, (fw, fs) = fused_recurrent_titans_memory(*[x.to(dtype) for x in xs], ws, chunk_size=CHUNK)
-        sync()
-        finals[dtype] = fw
-        rec[str(dtype)] = dict(seconds=time.time() - t0, finite=finite(o, *fw, *fs),
-                               max_abs_W=[w.abs().max().item() for w in fw],
-                               max_abs_S=[s.abs().max().item() for s in fs])
-    rec["W_bf16_vs_fp32"] = [((a - b).norm() / b.norm()).item()
-                             for a, b in zip(finals[torch.bfloat16], finals[torch.float32], strict=True)]
-    rec["finite"] = all(rec[str(d)]["finite"] for d in (torch.bfloat16, torch.float32))
-    print(f"[stability] {rec}", flush=True)
-    path.write_text(json.dumps(rec, indent=1))
-
-
 def run_peak(path: Path) -> None:
     """Measured bf16 matmul rate (8192^3, random data) and device-to-device copy bandwidth."""
     import torch
@@ -503,7 +330,6 @@ def run_peak(path: Path) -> None:
     path.write_text(json.dumps(rec, indent=1))
 
 
-# ---------------------------------------------------------------------------------------------- orchestration
 def child(args: list[str], cap: float, log) -> int:
     """Run this script as a subprocess task under a wall-clock cap, its output teed to the log."""
     cmd = [sys.executable, "-u", os.path.abspath(__file__), *args]
@@ -527,8 +353,9 @@ def precompile(jobs: list[tuple[int, str, str]], cap: float) -> float:
     """Compile (CHECKS index, dtype, variant JSON) jobs in parallel processes: Triton compiles one kernel
     at a time, and these kernels take tens of seconds each."""
     t0 = time.time()
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--task", "compile", "--cfg", str(i),
-                               "--dtype", d, "--variant", v]) for i, d, v in jobs]
+    me = os.path.abspath(__file__)
+    procs = [subprocess.Popen([sys.executable, me, "--task", "compile", "--cfg", str(i), "--dtype", d,
+                               "--variant", v]) for i, d, v in jobs]
     for p in procs:
         try:
             p.wait(timeout=max(1.0, cap - (time.time() - t0)))
@@ -544,69 +371,94 @@ def load(path: Path):
         return None
 
 
+def _shape(T: int) -> str:
+    return f"{max(1, TOKENS // T)}x{T // 1024}k"
+
+
+def _peer_rows(peers: dict) -> list[str]:
+    """M tokens/s as fwd+bwd / fwd per shape, then peak GiB fwd+bwd / fwd per shape."""
+    rows = ["| peer | " + " | ".join(map(_shape, LENGTHS)) + " | peak GiB fwd+bwd / fwd |",
+            "|---" * (len(LENGTHS) + 2) + "|"]
+    for peer, r in peers.items():
+        cells, peaks = [], []
+        for T in LENGTHS:
+            got = {c["mode"]: c for c in (r or {}).get("cases", []) if c["T"] == T}
+            rate = [f"{got[m]['tok_per_s'] / 1e6:.3g}" if got.get(m, {}).get("status") == "ok"
+                    else got.get(m, {}).get("status", "-") for m in ("fwdbwd", "fwd")]
+            cells.append(" / ".join(rate) if got else "-")
+            if got:
+                peaks.append(" / ".join(f"{got[m]['peak_GiB']:.1f}" if m in got else "-"
+                                        for m in ("fwdbwd", "fwd")))
+        rows.append(f"| {peer} | " + " | ".join(cells) + f" | {', '.join(peaks) or 'no result'} |")
+    return rows
+
+
+def _long_rows(peers: dict) -> list[str]:
+    rows = ["| peer | " + " | ".join(f"{t // 1024}k" for t in LONG) + " |", "|---" * (len(LONG) + 1) + "|"]
+    for peer, r in peers.items():
+        got = {c["T"]: c for c in (r or {}).get("long", [])}
+        if got:
+            rows.append(f"| {peer} | " + " | ".join(
+                "-" if t not in got else got[t]["status"] if got[t].get("status") != "ok"
+                else f"{got[t]['median_ms'] / 1e3:.3g} s ({got[t]['peak_GiB']:.1f})" for t in LONG) + " |")
+    return rows
+
+
+def _check_rows(check: list[dict]) -> list[str]:
+    rows = ["| case | dtype | worst | error | tol | pass |", "|---|---|---|---|---|---|"]
+    for c in check:
+        if "error" in c:
+            rows.append(f"| {c['name']} | {c['dtype']} | {c['error'][:80]} | - | - | NO |")
+        else:
+            rows.append(f"| {c['name']} | {c['dtype']} | {c['worst']} | {c['errors'][c['worst']]:.2e} | "
+                        f"{c['tol']:.0e} | {'yes' if c['passed'] else 'NO'} |")
+    return rows
+
+
+def _sweep_rows(sweep: list[dict]) -> list[str]:
+    lengths = sorted({c["T"] for r in sweep for c in r["cases"]})
+    rows = ["| variant | bf16 worst error | " + " | ".join(map(_shape, lengths)) + " |",
+            "|---|---|" + "---|" * len(lengths)]
+    for r in sweep:
+        by = {(c["T"], c["mode"]): c["median_ms"] for c in r["cases"]}
+        cells = [f"{by.get((t, 'fwdbwd'), float('nan')):.2f} / {by.get((t, 'fwd'), float('nan')):.2f}"
+                 for t in lengths]
+        rows.append(f"| {json.dumps(r['variant'])} | {max(r['bf16_errors'].values()):.2e} | "
+                    + " | ".join(cells) + " |")
+    return rows
+
+
 def markdown(res: dict) -> str:
-    """Result tables: M tokens/s as fwd+bwd / fwd and peak GiB per peer and shape, long lengths, check."""
+    """The result tables of one run."""
     lines = []
     peak = res.get("peak") or {}
     if peak:
-        lines += [f"Device: {peak.get('device')}, torch {peak.get('torch')}, Triton {peak.get('triton')}; "
-                  f"bf16 matmul {peak.get('bf16_tflops', 0):.0f} TFLOP/s, copy {peak.get('copy_GBps', 0):.0f} GB/s.",
-                  ""]
-    lines += ["| peer | " + " | ".join(f"{TOKENS // t}x{t // 1024}k" for t in LENGTHS) + " | peak GiB fwd+bwd / fwd |",
-              "|---" * (len(LENGTHS) + 2) + "|"]
-    for peer, r in res.get("peers", {}).items():
-        if not r:
-            lines.append(f"| {peer} | " + " | ".join("-" for _ in LENGTHS) + " | no result |")
-            continue
-        cells, peaks = [], []
-        for T in LENGTHS:
-            got = {c["mode"]: c for c in r["cases"] if c["T"] == T}
-            if not got:
-                cells.append("-")
-                continue
-            cells.append(" / ".join(f"{got[m]['tok_per_s'] / 1e6:.3g}" if got.get(m, {}).get("status") == "ok"
-                                    else got.get(m, {}).get("status", "-") for m in ("fwdbwd", "fwd")))
-            peaks.append(" / ".join(f"{got[m]['peak_GiB']:.1f}" if m in got else "-" for m in ("fwdbwd", "fwd")))
-        lines.append(f"| {peer} | " + " | ".join(cells) + f" | {', '.join(peaks)} |")
-    lines += ["", "Batch-1 forward: seconds per call (peak GiB)", "", "| peer | " + " | ".join(
-        f"{t // 1024}k" for t in LONG) + " |", "|---" * (len(LONG) + 1) + "|"]
-    for peer, r in res.get("peers", {}).items():
-        if r and r.get("long"):
-            got = {c["T"]: c for c in r["long"]}
-            lines.append(f"| {peer} | " + " | ".join(
-                (f"{got[t]['median_ms'] / 1e3:.3g} s ({got[t]['peak_GiB']:.1f})" if got[t].get("status") == "ok"
-                 else got[t]["status"]) if t in got else "-" for t in LONG) + " |")
+        lines += [f"Device: {peak['device']}, torch {peak['torch']}, Triton {peak['triton']}; bf16 matmul "
+                  f"{peak['bf16_tflops']:.0f} TFLOP/s, copy {peak['copy_GBps']:.0f} GB/s.", ""]
+    lines += ["M tokens/s, fwd+bwd / fwd", ""] + _peer_rows(res.get("peers", {}))
+    lines += ["", "Batch-1 forward: seconds per call (peak GiB)", ""] + _long_rows(res.get("peers", {}))
     if res.get("check"):
-        lines += ["", "Correctness vs float64 reference (worst relative error over outputs, state, gradients)",
-                  "", "| case | dtype | worst | error | tol | pass |", "|---|---|---|---|---|---|"]
-        lines += [f"| {c['name']} | {c['dtype']} | {c['worst']} | {c['errors'][c['worst']]:.2e} | {c['tol']:.0e} "
-                  f"| {'yes' if c['passed'] else 'NO'} |" if "error" not in c else
-                  f"| {c['name']} | {c['dtype']} | {c['error'][:80]} | - | - | NO |" for c in res["check"]]
-    if res.get("sweep"):
-        lines += ["", "Kernel-config sweep (ours, bf16): ms per call, fwd+bwd / fwd", "",
-                  "| variant | bf16 worst error | " + " | ".join(f"{TOKENS // t}x{t // 1024}k" for t in
-                                                             sorted({c["T"] for r in res["sweep"] if r
-                                                                     for c in r["cases"]})) + " |",
-                  "|---|---|" + "---|" * len({c["T"] for r in res["sweep"] if r for c in r["cases"]})]
-        for r in filter(None, res["sweep"]):
-            by = {(c["T"], c["mode"]): c["median_ms"] for c in r["cases"]}
-            cells = [f"{by.get((t, 'fwdbwd'), float('nan')):.2f} / {by.get((t, 'fwd'), float('nan')):.2f}"
-                     for t in sorted({c["T"] for c in r["cases"]})]
-            lines.append(f"| {json.dumps(r['variant'])} | {max(r['bf16_errors'].values()):.2e} | "
-                         + " | ".join(cells) + " |")
+        lines += ["", "Correctness vs the float64 reference (worst relative error over the output, the final "
+                  "state and every gradient)", ""] + _check_rows(res["check"])
+    sweep = [r for r in res.get("sweep", []) if r and r.get("cases")]
+    if sweep:
+        lines += ["", "Kernel-config sweep (ours, bf16): ms per call, fwd+bwd / fwd", ""] + _sweep_rows(sweep)
     if res.get("stability"):
         s = res["stability"]
-        lines += ["", f"Stability: {s['T']} tokens, finite={s['finite']}, max|W| bf16 "
-                  f"{s['torch.bfloat16']['max_abs_W']}, final W bf16 vs fp32 {s['W_bf16_vs_fp32']}"]
+        trace = [f"{w:.3g}" for w in s["torch.float32"]["max_abs_W_per_piece"]]
+        lines += ["", f"Stability: {s['T']} tokens, finite={s['finite']}, float32 max|W| per piece "
+                  f"{', '.join(trace)}; final W bf16 vs float32 {s['W_bf16_vs_fp32']}"]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=os.environ.get("OUT", "bench_out"), help="folder for results (default $OUT)")
+    p.add_argument("--out", default=os.environ.get("OUT", "bench_out"),
+                   help="folder for results (default $OUT)")
     p.add_argument("--peers", default="ours,naive,titans_pytorch,titans_pytorch_b64,fla_gdn,sdpa",
                    help="comma list of peers to time")
-    p.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="sequence lengths (128k tokens each)")
+    p.add_argument("--lengths", default=",".join(map(str, LENGTHS)),
+                   help="sequence lengths (128k tokens each)")
     p.add_argument("--long", default=",".join(map(str, LONG)), help="batch-1 forward lengths ('' for none)")
     p.add_argument("--long-peers", default="ours,naive,fla_gdn,sdpa", help="peers that run the long lengths")
     p.add_argument("--check", action="store_true", help="correctness vs the float64 reference first")
@@ -644,7 +496,8 @@ def main(argv=None) -> int:
             jobs.append((0, "bfloat16", "{}"))
         if jobs:
             res["precompile_s"] = precompile(jobs, 240)
-            print(f"[bench] precompiled {len(jobs)} configurations in {res['precompile_s']:.0f} s", flush=True)
+            print(f"[bench] precompiled {len(jobs)} configurations in {res['precompile_s']:.0f} s",
+                  flush=True)
         if a.check:
             child(["--task", "check", "--json", str(out / "check.json")], 240, log)
             res["check"] = load(out / "check.json")

@@ -100,9 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             f"data_root={data}",
             "seeds=[0]",
             "train.max_epochs=3",
+            f"train.max_rows={args.max_rows}",
             f"run_dir={out / 'finetune'}",
-            "--max-rows",
-            str(args.max_rows),
         ],
     )
     run(

@@ -202,3 +202,15 @@ def test_supports_and_checks(ops):
     gates = [torch.zeros(1, 8, 2)] * 3
     with pytest.raises(ValueError, match=r"\(1, 8, 2, 32\)"):
         chunk_mod.chunk_titans_memory(q, q, q, *gates, deep, chunk_size=16)
+
+
+@interpreted_only
+def test_dispatcher_runs_triton(ops, seed):
+    """titans_memory(backend="triton") takes this path (on CPU only through the interpreter)."""
+    from titans_dna.kernels.titans_memory import last_backend, titans_memory
+
+    chunk_mod, _ = ops
+    xs, weights, _ = make_inputs(1, 20, 2, 16, 2, 2, False, dtype=torch.float32)
+    o, _ = titans_memory(*xs, weights, chunk_size=16, backend="triton")
+    assert last_backend() == "triton"
+    torch.testing.assert_close(o, chunk_mod.chunk_titans_memory(*xs, weights, chunk_size=16)[0])

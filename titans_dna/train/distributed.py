@@ -56,13 +56,18 @@ def init_distributed(device: str = "auto") -> DistInfo:
         target = torch.device("cuda", local_rank)
         torch.cuda.set_device(target)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
+        if target.type == "cuda":
+            dist.init_process_group(backend="nccl", device_id=target)
+        else:
+            dist.init_process_group(backend="gloo")
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=target)
 
 
 def shutdown_distributed() -> None:
-    """Leave the process group (no-op in a single process)."""
+    """Leave the process group (no-op in a single process), once every rank is done with collectives:
+    destroying an NCCL group under a rank's pending FSDP collectives can hang that rank at exit."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

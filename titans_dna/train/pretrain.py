@@ -103,7 +103,15 @@ def pretrain(cfg: DictConfig) -> dict:
     logger = RunLogger(run_dir, resume_step=step if tc.resume else None) if info.is_main else None
 
     sampler = ShardedSampler(len(train_set), info.rank, info.world_size, seed=cfg.seed, start=step * per_rank)
-    loader_args = dict(num_workers=int(cfg.data.num_workers), pin_memory=info.device.type == "cuda")
+    workers = int(cfg.data.num_workers)
+    # Spawned, not forked, workers: a forked worker would share the parent's open FASTA handles (and
+    # their file offsets) with its siblings, and interleaved BGZF reads then decompress garbage.
+    loader_args = dict(
+        num_workers=workers,
+        pin_memory=info.device.type == "cuda",
+        multiprocessing_context="spawn" if workers else None,
+        persistent_workers=workers > 0,
+    )
     train_batches = iter(
         DataLoader(EpochIndexed(train_set), batch_size=micro, sampler=sampler, **loader_args)
     )
@@ -121,12 +129,12 @@ def pretrain(cfg: DictConfig) -> dict:
         return ids.to(info.device, non_blocking=True), soft.to(info.device, non_blocking=True), attn
 
     @torch.no_grad()
-    def validate() -> float:
+    def validate(loader: DataLoader) -> float:
         """Mean loss (nats/base, every counted base weighted 1) over the validation windows of all ranks."""
         model.eval()
         gen = torch.Generator(info.device).manual_seed(cfg.seed + 7)  # same MLM masks at every validation
         sums = torch.zeros(2, device=info.device)
-        for batch in valid_loader:
+        for batch in loader:
             ids, soft, attn = to_device(batch, window)
             lm = make_batch(tc.objective, ids, soft, tc.mask_prob, tc.ignore_n, 1.0, gen)
             with autocast():
@@ -224,7 +232,7 @@ def pretrain(cfg: DictConfig) -> dict:
             interval_loss.zero_()
             interval_steps, interval_start = 0, time.perf_counter()
         if step % int(tc.val_every) == 0 or last:
-            valid_loss = validate()
+            valid_loss = validate(valid_loader)
             summary["valid_loss"] = valid_loss
             if logger:
                 logger.log(
@@ -240,6 +248,9 @@ def pretrain(cfg: DictConfig) -> dict:
         if step % int(tc.checkpoint_every) == 0 or last:
             checkpoint(interval_loss, interval_steps)
     bar.close()
+    # Stop the loader workers here rather than at interpreter exit, where a worker or pin-memory thread
+    # torn down after the process group has been seen to hang a torchrun rank.
+    del train_batches, valid_loader
 
     if logger:
         logger.close()

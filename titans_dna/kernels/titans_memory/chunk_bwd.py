@@ -309,10 +309,10 @@ def titans_memory_gate_bwd_kernel(theta, eta, alpha, dcw, dsc, dtheta, deta, dal
     fw = (dc * th)[:, None] * f
     # rows j, columns t: t < j
     dla = dA * A + tl.sum(tl.where(col < row, (dG * g + tl.sum(fw, axis=0))[None, :], 0.0), axis=1)
-    # rs[i, j] = sum_{t >= j} fw[i, t]; then the pairs i < j
-    upper = tl.where(row >= col, 1.0, 0.0)
-    rs = tl.dot(fw, upper, input_precision="ieee")
-    x = tl.sum(tl.where(row < col, rs, 0.0), axis=0)
+    # x_j = sum_{i<j} sum_{t>=j} fw[i, t], from the exclusive prefix sums down the columns (a float32 dot
+    # here made ptxas spill the whole kernel to local memory)
+    pre = tl.cumsum(fw, axis=0) - fw
+    x = tl.sum(tl.where(col >= row, pre, 0.0), axis=1)
     dle = (dE * E + dG * tl.sum(tl.where(col >= row, g[None, :], 0.0), axis=1)
            + tl.sum(tl.where(col < row, (dwm * th * m)[None, :], 0.0), axis=1) + x)
     d_th = dc * tl.sum(f, axis=1) + dwm * m
@@ -354,11 +354,11 @@ def titans_memory_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: 
             q, k, v, *coeffs, do, dq, dk, dv, dcw, dsc, *ckpts, *scratch,
             dws[0], dws[-1], dss[0], dss[-1], T, every, n_ck,
             H=H, D=D, HID=hidden, CS=chunk_size, BT=cfg["BT"], BE_F=cfg["BE_F"], BE=cfg["BE"], DEPTH=depth,
-            ACT=act, BF16=cfg["BF16"], PREC=cfg["PREC"], num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"],
+            ACT=act, BF16=cfg["BF16"], PREC=cfg["PREC"], num_warps=cfg["num_warps_bwd"],
+            num_stages=cfg["num_stages_bwd"],
         )
     dtheta, deta, dalpha = torch.empty_like(theta), torch.empty_like(eta), torch.empty_like(alpha)
     titans_memory_gate_bwd_kernel[(n_chunks, B * H)](
-        theta, eta, alpha, dcw, dsc, dtheta, deta, dalpha, T, H=H, CS=chunk_size, BT=cfg["BT"], num_warps=4,
+        theta, eta, alpha, dcw, dsc, dtheta, deta, dalpha, T, H=H, CS=chunk_size, BT=cfg["BT"], num_warps=8,
     )
     return dq, dk, dv, dtheta, deta, dalpha

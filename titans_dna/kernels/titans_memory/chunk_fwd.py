@@ -7,8 +7,9 @@ step streams the state through registers in tiles of BE hidden units (rows of W1
 pass 1 reads the state once for the retrieval o = M_{W_c}(q) and the error e = M_{W_c}(k) - v, pass 2
 reads it again with S and writes the updated state in place:
     W_{c+1} = A W_c + G S_c - (c * g)^T h,    S_{c+1} = E S_c - (m theta * g)^T h
-with (g, h) the per-token gradient factors of each layer (README.md). Gate coefficients are computed in
-the kernel from the chunk's gates, in log space, with the same clamp as common.chunk_gate_coefficients.
+with (g, h) the per-token gradient factors of each layer (README.md). The gate coefficients of all
+chunks are computed beforehand by a fully parallel kernel (log space, the clamp of
+common.chunk_gate_coefficients), which keeps them off the sequential chunk walk.
 """
 
 from __future__ import annotations
@@ -313,9 +314,9 @@ def titans_memory_fwd_kernel(
         tl.debug_barrier()
 
 
-# Overrides of kernel_config's choices (keys BE_F, BE, num_warps, num_stages, BF16, PREC, wgmma), empty in
-# normal use: the
-# benchmark sweeps tile sizes and dot precisions through it (bench/memory_kernels.py --sweep).
+# Overrides of kernel_config's choices (keys BE_F, BE, num_warps[_bwd], num_stages[_bwd], BF16, PREC,
+# wgmma), empty in normal use: the benchmark sweeps tile sizes, warps and dot precisions through it
+# (bench/memory_kernels.py --sweep).
 TUNING: dict = {}
 
 
@@ -347,30 +348,37 @@ def interpreting() -> bool:
 
 
 def kernel_config(q: torch.Tensor, hidden: int, chunk_size: int) -> dict:
-    """Block sizes and precision for one call.
+    """Block sizes, warps and precision for one call (the backward's warps and stages under *_bwd).
 
     BT: the chunk's token rows, a power of two >= 16 (tl.dot's minimum). BE_F / BE: hidden units per state
-    tile in the forward / backward step. One chain is one program, so a program may take the whole
-    register file: 8 warps. Tiles of 32 hidden units were the fastest of those timed on an H100 (bf16,
-    64 -> 256 -> 64, chunk 64: forward 22 ms with BE_F 32 against 28 ms with 64 at 32k x 4; backward
-    BE 32 against 16: 206 against 251 ms forward+backward), though they spill a little. The interpreter
-    takes the same tiles. Float32 inputs use 6xBF16 dots (float32 accuracy on the tensor cores; plain TF32
-    would miss the 1e-4 target, and 3xTF32 needs more shared memory than an SM has in the backward);
-    bf16/fp16 inputs use bf16 dots with float32 accumulation (see _mm).
+    tile in the forward / backward step. Timed on an H100 (bf16, 64 -> 256 -> 64, chunk 64, 32k x 4,
+    forward / forward+backward ms; bench/memory_kernels.py --sweep, 2026-11-26): tiles of 32 beat 64 in
+    the forward (22 / 28) and 32 beat 16 in the backward (206 / 251 with 8 warps); 4 warps beat 8 (19 /
+    170 against 22 / 250), and software-pipelining the backward's tile loops (2 stages) took it to 160.
+    Pipelining stays off where its buffers would not fit the shared memory (float32 operands, and bf16
+    chunk tiles beyond 64 x 64). Float32 inputs use 6xBF16 dots (float32 accuracy on the tensor cores;
+    plain TF32 misses the 1e-4 target, and 3xTF32 needs more shared memory than an SM has in the
+    backward); bf16/fp16 inputs use bf16 dots with float32 accumulation (see _mm).
     """
     BT = max(16, triton.next_power_of_2(chunk_size))
     interp = interpreting()
+    half = q.dtype != torch.float32
     cfg = dict(
         BT=BT,
         BE_F=32,
         BE=32,
-        BF16=0 if q.dtype == torch.float32 else (2 if interp else 1),
+        BF16=0 if not half else (2 if interp else 1),
         PREC="ieee" if interp else "bf16x6",
-        num_warps=8,
-        # software pipelining of the tile loops: off, as timed and checked
+        # 4 warps were faster at 64 x 64 chunk tiles; larger tiles spill everything at 4 (sm_90 build)
+        num_warps=4 if BT * q.shape[-1] <= 64 * 64 else 8,
         num_stages=1,
+        num_warps_bwd=4 if BT * q.shape[-1] <= 64 * 64 else 8,
+        num_stages_bwd=2 if half and BT * q.shape[-1] <= 64 * 64 else 1,
     )
     cfg.update(TUNING)
+    for key in ("num_warps", "num_stages"):  # a tuned value applies to both kernels unless given apart
+        if key in TUNING and f"{key}_bwd" not in TUNING:
+            cfg[f"{key}_bwd"] = TUNING[key]
     cfg["BE_F"], cfg["BE"] = min(hidden, cfg["BE_F"]), min(hidden, cfg["BE"])
     return cfg
 
@@ -389,8 +397,9 @@ def titans_memory_coeffs(theta: torch.Tensor, eta: torch.Tensor, alpha: torch.Te
     cw = torch.empty(B * H, 2, T, device=theta.device, dtype=torch.float32)
     aeg = torch.empty(B * H, n_chunks, 4, device=theta.device, dtype=torch.float32)
     BT = max(16, triton.next_power_of_2(chunk_size))
+    # 8 warps: the [BT, BT] products of _gate_terms spill at 4 (sm_90 build)
     titans_memory_coeff_kernel[(n_chunks, B * H)](theta, eta, alpha, cw, aeg, T, H=H, CS=chunk_size, BT=BT,
-                                                  num_warps=4)
+                                                  num_warps=8)
     return cw, aeg
 
 

@@ -9,8 +9,8 @@ import numpy as np
 from titans_dna.cli import main
 from titans_dna.data.decontaminate import canonical_kmers, labelled_kmers, overlap_mask
 from titans_dna.data.fasta import iter_records
-from titans_dna.data.tokenizer import N_ID, encode, reverse_complement
 from titans_dna.data.token_store import TokenStore
+from titans_dna.data.tokenizer import N_ID, encode, reverse_complement
 
 LAMBDA = "genomes/phage_lambda_NC_001416.fa"
 
@@ -52,7 +52,8 @@ def test_preprocess_exclude_overlaps_masks_and_reports(data_dir, tmp_path, seed)
     table = tmp_path / "labelled.csv"
     table.write_text("sequence,label\n" + "".join(f"{r},{i % 2}\n" for i, r in enumerate(rows)))
     out = tmp_path / "store.npy"
-    assert main(["preprocess", str(data_dir / LAMBDA), "--out", str(out), "--exclude-overlaps", str(table)]) == 0
+    argv = ["preprocess", str(data_dir / LAMBDA), "--out", str(out), "--exclude-overlaps", str(table)]
+    assert main(argv) == 0
     report = json.loads(out.with_suffix(".json").read_text())["decontamination"]
     assert report["labelled_sequences"] == 4 and report["sequences_hit"] == 3
     store = TokenStore(out)

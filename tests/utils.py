@@ -28,7 +28,7 @@ def assert_close(name: str, ref: Tensor, out: Tensor, tol: float) -> float:
 def memory_inputs(B: int, T: int, H: int, D: int, depth: int = 2, expansion: int = 2,
                   dtype: torch.dtype = torch.float64, with_state: bool = False,
                   requires_grad: bool = False) -> dict[str, Tensor]:
-    """Named random leaf tensors for the titans_memory op (CONTRACTS.md layout).
+    """Named random leaf tensors for the titans_memory op (layout: kernels/titans_memory/README.md).
 
     Keys: q, k, v [B, T, H, D] (q, k l2-normalised), theta, eta, alpha [B, T, H], W0_1..W0_L [H, out, in],
     and with `with_state` also W_1..W_L and S_1..S_L [B, H, out, in] for the initial state. Gates stay

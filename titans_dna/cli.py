@@ -16,7 +16,8 @@ from titans_dna import __version__
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="titans-dna",
-        description="DNA sequence models on a Titans backbone: inspect FASTA, pretrain, fine-tune, embed, score.",
+        description="DNA sequence models on a Titans backbone: inspect FASTA, pretrain, fine-tune, embed, "
+        "score.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"titans-dna {__version__}")
@@ -137,8 +138,8 @@ def _add_preprocess(subparsers) -> None:
                    help="regions shorter than the window: skip them (counted) or pad with [PAD]")
     p.add_argument("--seed", type=int, default=0, help="seed for --num-windows sampling")
     p.add_argument("--exclude-overlaps", nargs="+", default=None, metavar="TABLE",
-                   help="labelled tables (csv/tsv/parquet/FASTA) whose sequences are kept out of a .npy store: "
-                   "genome bases sharing an exact 32-mer with them (either strand) are stored as N")
+                   help="labelled tables (csv/tsv/parquet/FASTA) whose sequences are kept out of a .npy "
+                   "store: genome bases sharing an exact 32-mer with them (either strand) are stored as N")
     p.set_defaults(run=_run_preprocess)
 
 

@@ -67,7 +67,11 @@ class TitansLayer(nn.Module):
 
 
 class TitansDNA(nn.Module):
-    """The Titans DNA backbone with a tied LM head; see CONTRACTS.md for the interface."""
+    """The Titans DNA backbone with a tied LM head.
+
+    `forward` gives hidden states, logits and the stream state; `embed`, `save_pretrained` and
+    `from_pretrained` are the user conveniences.
+    """
 
     def __init__(self, config: TitansConfig) -> None:
         super().__init__()

@@ -62,7 +62,7 @@ def titans_memory(
     weights: Sequence[Tensor], initial_state: MemoryState | None = None, chunk_size: int = 64,
     activation: str = "silu", output_final_state: bool = True, backend: str = "auto",
 ) -> tuple[Tensor, MemoryState | None]:
-    """Titans memory op, shapes and semantics as `naive_recurrent_titans_memory` (CONTRACTS.md).
+    """Titans memory op, shapes and semantics as `naive_recurrent_titans_memory` (README.md).
 
     Args:
         backend: "auto" (Triton on CUDA for supported shapes, else the chunked reference, with one info

@@ -3,7 +3,7 @@
 The forward (chunk_fwd.py) walks each (batch, head) chain over its chunks with the state in float32 and
 saves the state every ~sqrt(n_chunks) chunks; the backward (chunk_bwd.py) recomputes each segment from its
 checkpoint and runs the reverse recurrence. Same signature and semantics as
-naive.naive_chunk_titans_memory (CONTRACTS.md), which the tests hold it against.
+naive.naive_chunk_titans_memory (conventions in README.md), which the tests hold it against.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def chunk_titans_memory(
     weights: Sequence[Tensor], initial_state: MemoryState | None = None, chunk_size: int = 64,
     activation: str = "silu", output_final_state: bool = True,
 ) -> tuple[Tensor, MemoryState | None]:
-    """Chunked Titans memory on Triton, differentiable in every input (CONTRACTS.md).
+    """Chunked Titans memory on Triton, differentiable in every input (conventions in README.md).
 
     Args:
         q, k, v: [B, T, H, D] (q, k l2-normalised by the caller), float32, bf16 or fp16.

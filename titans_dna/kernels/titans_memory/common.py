@@ -28,7 +28,7 @@ def state_dtype(x: Tensor) -> torch.dtype:
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
                  weights: Sequence[Tensor], initial_state: MemoryState | None, chunk_size: int,
                  activation: str) -> None:
-    """Raise ValueError naming the offending shapes/arguments; see CONTRACTS.md for the conventions."""
+    """Raise ValueError naming the offending shapes/arguments; conventions in this folder's README.md."""
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must share one shape [B, T, H, D]; got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")

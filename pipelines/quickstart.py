@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the preset's)")
     parser.add_argument("--task", default="gue_prom_core_tata", help="fine-tuning task (configs/task/)")
-    parser.add_argument("--max-rows", type=int, default=800, help="cap on each fine-tuning split's rows")
+    parser.add_argument("--max-rows", type=int, default=500, help="cap on each fine-tuning split's rows")
     parser.add_argument("--embed", default=DEFAULT_EMBED, help="FASTA to embed (relative to --data)")
     parser.add_argument(
         "--threads",

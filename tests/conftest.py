@@ -11,6 +11,13 @@ import torch
 from titans_dna.data.paths import shared_data_dir
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One intra-op thread: the test tensors are tiny, and two threads per op on a 2-core CI machine spend
+    more on synchronisation than they save (20-50x slower when another process holds a core)."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def data_dir():
     folder = shared_data_dir(required=False)

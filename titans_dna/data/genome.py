@@ -86,6 +86,7 @@ class Genome:
     def __init__(self, source: str | os.PathLike | Mapping[str, str], read_ahead: int | None = None):
         self._read_ahead = read_ahead
         self._faidx = None
+        self._pid = os.getpid()
         if isinstance(source, Mapping):
             self.path = None
             self._memory = dict(source)
@@ -178,7 +179,10 @@ class Genome:
         if self._memory is not None:
             seq = self._memory[chrom][start:end]
         else:
-            if self._faidx is None:  # closed, or unpickled in a DataLoader worker
+            # closed, unpickled in a spawned worker, or inherited by a forked one (a shared BGZF handle
+            # gives corrupt reads when two processes seek it)
+            if self._faidx is None or self._pid != os.getpid():
+                self._faidx, self._pid = None, os.getpid()
                 self._open()
             seq = self._faidx.fetch(chrom, start + 1, end).seq
         return reverse_complement(seq) if strand == "-" else seq

@@ -43,7 +43,7 @@ def test_gates_start_at_the_design_values():
     # theta starts at a tenth of its bound, which is theta_max / chunk_size per token
     expected_theta = 0.02 / layer.config.chunk_size
     torch.testing.assert_close(inputs.theta, torch.full_like(inputs.theta, expected_theta))
-    torch.testing.assert_close(inputs.eta, torch.full_like(inputs.eta, 0.9))
+    torch.testing.assert_close(inputs.eta, torch.full_like(inputs.eta, 0.9 * layer.config.eta_max))
     torch.testing.assert_close(inputs.alpha, torch.full_like(inputs.alpha, 0.01))
     q = inputs.q.norm(dim=-1)
     torch.testing.assert_close(q[q > 0], torch.ones_like(q[q > 0]))

@@ -28,7 +28,7 @@ class TitansConfig:
     n_persistent: int = 16  # learned persistent tokens prefixed to every attention
     conv_width: int = 4  # depthwise causal convolution on the memory's q, k, v
     theta_max: float = 0.1  # bound of the inner step summed over a chunk (per token: theta_max / chunk_size)
-    eta_max: float = 0.95  # bound of the momentum gate: eta near 1 integrates the update twice and diverges
+    eta_max: float = 0.9  # bound of the momentum gate: eta near 1 integrates the update twice and diverges
     window: int = 256  # sliding-window attention span of mag/mal (keys i - window < j <= i)
     mlp_ratio: float = 4.0  # SwiGLU hidden = 2/3 * mlp_ratio * d_model rounded up to 64 (params of a 4x MLP)
     causal: bool = True  # True: next-token model; False: bidirectional inside a segment (MLM)
@@ -66,8 +66,8 @@ class TitansConfig:
             errors.append(f"n_persistent must be an int >= 0 (got {self.n_persistent!r})")
         if not 0.0 < self.theta_max <= 1.0:
             errors.append(f"theta_max must be in (0, 1] (got {self.theta_max!r})")
-        if not 0.9 < self.eta_max < 1.0:  # the momentum gate starts at 0.9 (DESIGN.md)
-            errors.append(f"eta_max must be in (0.9, 1) (got {self.eta_max!r})")
+        if not 0.0 < self.eta_max < 1.0:
+            errors.append(f"eta_max must be in (0, 1) (got {self.eta_max!r})")
         if not self.mlp_ratio > 0:
             errors.append(f"mlp_ratio must be > 0 (got {self.mlp_ratio!r})")
         if not 0.0 <= self.dropout < 1.0:

@@ -63,12 +63,13 @@ class TitansMemory(nn.Module):
         bound = 1.0 / math.sqrt(config.conv_width)
         self.conv_q, self.conv_k, self.conv_v = (
             nn.Parameter(torch.empty(H * D, 1, config.conv_width).uniform_(-bound, bound)) for _ in range(3))
-        # theta, eta, alpha logits per head; the biases start the gates where DESIGN.md says: theta at a tenth
-        # of its bound, eta at 0.9, alpha at 0.01 (sigmoid(0) = 0.5 would halve the memory every token).
+        # theta, eta, alpha logits per head; the biases start theta at a tenth of its bound, eta at 0.9 of its
+        # bound (DESIGN.md starts the unbounded eta at 0.9) and alpha at 0.01 (sigmoid(0) = 0.5 would halve
+        # the memory every token).
         self.gates = nn.Linear(d, 3 * H)
         with torch.no_grad():
             self.gates.weight.normal_(0.0, 0.02)
-            start = [_logit(0.1), _logit(0.9 / config.eta_max), _logit(0.01)]
+            start = [_logit(0.1), _logit(0.9), _logit(0.01)]
             self.gates.bias.copy_(torch.tensor(start).repeat_interleave(H))
         self.weights = nn.ParameterList(_initial_memory(H, D, config.memory_depth, config.memory_expansion))
         self.norm = RMSNorm(H, D)
@@ -97,7 +98,9 @@ class TitansMemory(nn.Module):
         H = self.config.n_heads
         q = self.query(x, tail)
         k = l2norm(self._conv_silu(self.k_proj, self.conv_k, x, tail))
-        v = self._conv_silu(self.v_proj, self.conv_v, x, tail)
+        # Unit-norm values like the keys: the inner loop's growth rate scales with |v|, and with free-scale
+        # values pretraining blew the memory to NaN on a CT-repeat + N-gap stretch of chr20 (|v| ~ 3).
+        v = l2norm(self._conv_silu(self.v_proj, self.conv_v, x, tail))
         logits = self.gates(x)
         if logits.dtype in (torch.float16, torch.bfloat16):  # 1 - GATE_EPS rounds to 1 in half precision
             logits = logits.float()

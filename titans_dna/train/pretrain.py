@@ -176,9 +176,11 @@ def pretrain(cfg: DictConfig) -> dict:
     }
     interval_loss = torch.full((), carried["interval_loss"] / info.world_size, device=info.device)
     interval_steps, interval_start = int(carried["interval_steps"]), time.perf_counter()
+    skipped_steps = nonfinite_streak = interval_skipped = 0
     while step < int(tc.max_steps):
         seq_len = seq_len_at(step, window, int(tc.seq_warmup.start_len), int(tc.seq_warmup.steps))
         lr = scheduler.get_last_lr()[0]
+        step_loss = torch.zeros((), device=info.device)
         for i in range(accum):
             ids, soft, attn = to_device(next(train_batches), seq_len)
             lm = make_batch(tc.objective, ids, soft, tc.mask_prob, tc.ignore_n, tc.soft_mask_weight, mask_gen)
@@ -191,10 +193,25 @@ def pretrain(cfg: DictConfig) -> dict:
             with sync, autocast():
                 loss, _ = weighted_lm_loss(model(lm.inputs, attention_mask=attn).logits, lm)
             (loss / accum).backward()
-            interval_loss += loss.detach() / accum
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc.grad_clip))
-        optimizer.step()
+            step_loss += loss.detach() / accum
+        # A non-finite loss on any rank skips the update everywhere (one sync per step), so one bad batch
+        # cannot poison the weights; a run of them still stops the job.
+        if all_reduce_sum((~torch.isfinite(step_loss)).float(), info).item() == 0:
+            interval_loss += step_loss
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc.grad_clip))
+            optimizer.step()
+            nonfinite_streak = 0
+        else:
+            skipped_steps += 1
+            interval_skipped += 1
+            nonfinite_streak += 1
+            bar.write(f"step {step + 1}: non-finite loss, update skipped ({skipped_steps} so far)")
+            if nonfinite_streak > int(tc.max_nonfinite_steps):
+                raise FloatingPointError(
+                    f"training loss non-finite for {nonfinite_streak} steps in a row at step {step + 1}; "
+                    "lower train.optimizer.lr"
+                )
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -203,11 +220,9 @@ def pretrain(cfg: DictConfig) -> dict:
 
         last = step == int(tc.max_steps)
         if step % int(tc.log_every) == 0 or last:
-            train_loss = all_reduce_sum(interval_loss, info).item() / (interval_steps * info.world_size)
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(
-                    f"training loss is {train_loss} at step {step}; lower train.optimizer.lr"
-                )
+            updates = interval_steps - interval_skipped
+            train_loss = all_reduce_sum(interval_loss, info).item() / max(updates * info.world_size, 1)
+            train_loss = train_loss if updates else math.nan
             elapsed = time.perf_counter() - interval_start
             tokens_per_s = interval_steps * windows_per_step * window / elapsed
             summary.update(train_loss=train_loss, tokens_per_s=tokens_per_s)
@@ -230,7 +245,7 @@ def pretrain(cfg: DictConfig) -> dict:
                     seq=seq_len,
                 )
             interval_loss.zero_()
-            interval_steps, interval_start = 0, time.perf_counter()
+            interval_steps, interval_skipped, interval_start = 0, 0, time.perf_counter()
         if step % int(tc.val_every) == 0 or last:
             valid_loss = validate(valid_loader)
             summary["valid_loss"] = valid_loss
@@ -259,6 +274,7 @@ def pretrain(cfg: DictConfig) -> dict:
     return {
         **summary,
         "steps": step,
+        "skipped_steps": skipped_steps,
         "valid_ppl": perplexity(summary["valid_loss"]),
         "tokens": step * windows_per_step * window,
         "checkpoint": str(run_dir / "checkpoint"),

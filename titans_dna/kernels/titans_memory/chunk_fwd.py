@@ -15,6 +15,7 @@ common.chunk_gate_coefficients), which keeps them off the sequential chunk walk.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 
@@ -316,8 +317,8 @@ def titans_memory_fwd_kernel(
 
 # Overrides of kernel_config's choices (keys BE_F, BE, num_warps[_bwd], num_stages[_bwd], BF16, PREC,
 # wgmma), empty in normal use: the benchmark sweeps tile sizes, warps and dot precisions through it
-# (bench/memory_kernels.py --sweep).
-TUNING: dict = {}
+# (bench/memory_kernels.py --sweep), and TITANS_DNA_KERNEL_TUNING (a JSON object) sets it for a whole run.
+TUNING: dict = json.loads(os.environ.get("TITANS_DNA_KERNEL_TUNING") or "{}")
 
 
 @contextlib.contextmanager

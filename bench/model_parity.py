@@ -2,8 +2,8 @@
 
 A checkpoint (or the random `small` preset) runs real genome windows under bf16 autocast through each memory
 backend: the no-grad forward (validation, inference: the fused recurrent kernel) and the training forward +
-backward (the chunk kernels). Per case: non-finite losses and which layer's memory output first went
-non-finite, the loss, and the relative error of the logits against the PyTorch reference. Kernel tunings
+backward (the chunk kernels). Per case: non-finite losses and which layer's output first went non-finite,
+the loss, and the relative error of the logits against the PyTorch reference. Kernel tunings
 (`chunk_fwd.TUNING` overrides) can be compared, e.g. '[{}, {"num_warps": 8, "num_stages": 1}]'.
 Then the fine-tuning step time (SequenceClassifier, batch x short sequences) per backend, to see whether the
 short-sequence step is bound by kernel launches.
@@ -34,7 +34,7 @@ from titans_dna.data.token_store import TokenStore  # noqa: E402
 from titans_dna.kernels.titans_memory import chunk_fwd  # noqa: E402
 from titans_dna.model import TitansConfig, TitansDNA  # noqa: E402
 from titans_dna.model.heads import SequenceClassifier  # noqa: E402
-from titans_dna.model.titans_memory import TitansMemory  # noqa: E402
+from titans_dna.model.titans_dna import TitansLayer  # noqa: E402
 
 
 def sync() -> None:
@@ -63,7 +63,7 @@ def tuning(overrides: dict):
 
 
 def first_nonfinite_layer(model: TitansDNA, ids: torch.Tensor, grad: bool) -> str | None:
-    """Name of the first memory layer whose output is non-finite on ``ids`` (None: all finite)."""
+    """Name of the first layer (block + MLP) whose output is non-finite on ``ids`` (None: all finite)."""
     found: list[str] = []
     hooks = [
         module.register_forward_hook(
@@ -72,7 +72,7 @@ def first_nonfinite_layer(model: TitansDNA, ids: torch.Tensor, grad: bool) -> st
             else None
         )
         for name, module in model.named_modules()
-        if isinstance(module, TitansMemory)
+        if isinstance(module, TitansLayer)
     ]
     try:
         with torch.set_grad_enabled(grad), torch.autocast(DEVICE, dtype=torch.bfloat16):
@@ -112,7 +112,8 @@ def parity(model: TitansDNA, batches: list[torch.Tensor], tunings: list[dict]) -
                 bad = [i for i, ids in enumerate(batches) if not torch.isfinite(results[i][0]).all()]
                 where = first_nonfinite_layer(model, batches[bad[0]], grad) if bad else None
             err = max(
-                float((r[1] - ref[1]).norm() / ref[1].norm()) for r, ref in zip(results, reference)
+                float((r[1] - ref[1]).norm() / ref[1].norm())
+                for r, ref in zip(results, reference, strict=True)
             )
             row = {
                 "mode": "train fwd+bwd" if grad else "no-grad fwd",
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     args = p.parse_args(argv)
     if args.quick:  # the triton backend on CPU needs TRITON_INTERPRET=1
-        args.windows, args.length, args.batch, args.ft_batch, args.ft_length, args.ft_steps = 4, 128, 2, 4, 32, 1
+        args.windows, args.length, args.batch = 4, 128, 2
+        args.ft_batch, args.ft_length, args.ft_steps = 4, 32, 1
     torch.manual_seed(args.seed)
     if args.checkpoint:
         model = TitansDNA.from_pretrained(args.checkpoint).float().to(DEVICE)

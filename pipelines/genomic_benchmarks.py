@@ -69,12 +69,12 @@ def model_overrides(model: str, init: str | None, preset: str) -> list[str] | No
 
 
 def run_one(task: str, model: str, args: argparse.Namespace, out: Path) -> dict | None:
-    extra = model_overrides(model, args.init, args.preset)
-    if extra is None:
-        return None
     run_dir = out / task / model
     if (run_dir / "metrics.json").is_file() and not args.rerun:
         return json.loads((run_dir / "metrics.json").read_text())
+    extra = model_overrides(model, args.init, args.preset)
+    if extra is None or args.table_only:
+        return None
     seeds = "[" + ",".join(str(s) for s in args.seeds) + "]"
     cfg = compose_config(
         [
@@ -169,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         "sequences, one seed, the tiny preset",
     )
     p.add_argument("--rerun", action="store_true", help="rerun (task, model) pairs that already have results")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="run nothing: build the table from the results already in --out (missing pairs show as -)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_intermixed_args(argv)  # overrides may come before, between or after the options
     if args.quick:

@@ -99,3 +99,42 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, data_dir,
     a = load_file(tmp_path / "full" / "checkpoint" / "model.safetensors")
     b = load_file(tmp_path / "cut" / "checkpoint" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def poisoned_loss(monkeypatch, poison) -> list[int]:
+    """Make `weighted_lm_loss` (training and validation) return NaN on the calls where `poison(n)` is true,
+    n counting from 1; the NaN stays in the graph, so backward also fills the gradients with NaN."""
+    real, calls = pretrain_module.weighted_lm_loss, []
+
+    def loss_fn(logits, batch):
+        loss, weight = real(logits, batch)
+        calls.append(len(calls) + 1)
+        return (loss * math.nan if poison(calls[-1]) else loss), weight
+
+    monkeypatch.setattr(pretrain_module, "weighted_lm_loss", loss_fn)
+    return calls
+
+
+def test_nonfinite_loss_skips_the_update_and_a_run_of_them_stops(tmp_path, data_dir, seed, monkeypatch):
+    # One NaN (the 2nd training step, one micro-batch per step): that update is skipped, the run finishes.
+    run_dir = tmp_path / "run"
+    overrides = [*MICRO, f"seed={seed}", "train.max_steps=4", "train.val_every=4", "train.checkpoint_every=4"]
+    calls = poisoned_loss(monkeypatch, lambda n: n == 2)
+    summary = pretrain(compose_config([*overrides, f"run_dir={run_dir}"]))
+    assert len(calls) > 4  # 4 training steps, then validation
+    assert summary["steps"] == 4 and summary["skipped_steps"] == 1
+    assert math.isfinite(summary["train_loss"]) and math.isfinite(summary["valid_loss"])
+    train = [float(r["loss"]) for r in read_metrics(run_dir) if r["split"] == "train"]
+    assert [math.isfinite(x) for x in train] == [True, False, True, True], train  # step 2: no update counted
+    weights = load_file(run_dir / "checkpoint" / "model.safetensors")
+    assert weights and all(torch.isfinite(w).all() for w in weights.values())
+    state = torch.load(run_dir / "train_state.pt", map_location="cpu", weights_only=False)
+    adam_steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert adam_steps == {3}  # the optimizer never saw the NaN step
+
+    # NaN on every call with no tolerance: the first bad step stops the run.
+    monkeypatch.undo()
+    poisoned_loss(monkeypatch, lambda n: True)
+    stopped = compose_config([*overrides, f"run_dir={tmp_path / 'stopped'}", "train.max_nonfinite_steps=0"])
+    with pytest.raises(FloatingPointError, match="non-finite for 1 steps in a row at step 1"):
+        pretrain(stopped)

@@ -208,6 +208,9 @@ def pretrain(cfg: DictConfig) -> dict:
             nonfinite_streak += 1
             bar.write(f"step {step + 1}: non-finite loss, update skipped ({skipped_steps} so far)")
             if nonfinite_streak > int(tc.max_nonfinite_steps):
+                bar.close()
+                if logger:
+                    logger.close()  # the logs up to here stay readable
                 raise FloatingPointError(
                     f"training loss non-finite for {nonfinite_streak} steps in a row at step {step + 1}; "
                     "lower train.optimizer.lr"

@@ -215,3 +215,33 @@ def test_finetune_baselines_and_a_missing_label_column(data_dir, tmp_path, capsy
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "train.csv" in err and "label" in err
+
+
+def test_grad_checkpointing_trains_the_same_weights_and_leaves_the_config(seed, monkeypatch):
+    """train.grad_checkpointing recomputes the backbone in the backward: same steps, same weights (no
+    dropout), and the backbone config is back to its own value afterwards (it is saved with the model)."""
+    import titans_dna.model.blocks as blocks
+    from titans_dna.model import SequenceClassifier, TitansConfig, TitansDNA
+    from titans_dna.train.classifiers import EncodedSeqs
+    from titans_dna.train.finetune import FinetuneOptions, train_classifier
+
+    recomputed = []
+    checkpoint = blocks.checkpoint
+    monkeypatch.setattr(blocks, "checkpoint", lambda *a, **k: recomputed.append(1) or checkpoint(*a, **k))
+    rng = np.random.default_rng(seed)
+    seqs = ["".join(rng.choice(list("ACGT"), size=int(n))) for n in rng.integers(20, 41, size=12)]
+    labels = rng.integers(0, 2, size=12)
+    enc = EncodedSeqs.from_seqs(seqs)
+    config = dict(d_model=32, n_layers=2, n_heads=1, head_dim=32, chunk_size=8, segment_len=16,
+                  n_persistent=2, memory_backend="naive")
+    weights = []
+    for checkpointing in (False, True):
+        torch.manual_seed(seed)
+        model = SequenceClassifier(TitansDNA(TitansConfig(**config)), 2)
+        options = FinetuneOptions(batch_size=4, max_steps=3, progress=False, grad_checkpointing=checkpointing)
+        fit = train_classifier(model, enc, labels, enc, labels, "mcc", options, seed, torch.device("cpu"))
+        assert fit["steps"] == 3 and model.backbone.config.gradient_checkpointing is False
+        assert bool(recomputed) == checkpointing
+        weights.append(model.state_dict())
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-5, atol=1e-6, msg=name)

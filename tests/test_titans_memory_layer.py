@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import titans_dna.model.titans_memory as layer_module
-from titans_dna.kernels.titans_memory import last_backend
+from titans_dna.kernels.titans_memory import last_backend, titans_memory
 from titans_dna.model import TitansConfig, TitansDNA, TitansMemory
 
 
@@ -20,20 +20,50 @@ def make_layer(**overrides) -> TitansMemory:
 @pytest.mark.parametrize("block", ["mac", "lmm"])
 def test_model_runs_the_memory_through_the_op(block, monkeypatch, seed):
     calls = []
-    op = layer_module.titans_memory
+    op, read = layer_module.titans_memory, layer_module.memory_read
 
     def recording_op(*args, **kwargs):
         calls.append(kwargs["backend"])
         return op(*args, **kwargs)
 
+    def recording_read(*args, **kwargs):
+        calls.append("read")
+        return read(*args, **kwargs)
+
     monkeypatch.setattr(layer_module, "titans_memory", recording_op)
+    monkeypatch.setattr(layer_module, "memory_read", recording_read)
     config = TitansConfig(d_model=32, n_layers=1, n_heads=2, head_dim=16, block=block, chunk_size=4,
                           segment_len=8, memory_backend="naive")
     model = TitansDNA(config).double()
     model(torch.randint(7, 11, (1, 20)))
     segments = 3
-    assert calls == ["naive"] * (2 * segments if block == "mac" else 1)  # MAC: read h, then write y
+    # MAC: read h (one MLP pass, no op), then write y through the op; LMM: one write
+    assert calls == (["read", "naive"] * segments if block == "mac" else ["naive"])
     assert last_backend() == "naive"
+
+
+@pytest.mark.parametrize("depth,activation", [(1, "silu"), (2, "silu"), (3, "gelu")])
+def test_read_is_the_op_output_with_nothing_written(depth, activation, seed):
+    """memory_read gives what the op outputs with all gates zero (no write), value and gradients."""
+    layer = make_layer(memory_depth=depth, memory_activation=activation)
+    x = torch.randn(2, 10, 32, dtype=torch.float64)
+    valid = torch.ones(2, 10, dtype=torch.bool)
+    _, memory = layer.write(layer.features(x, valid, None), None)
+    q = layer.query(torch.randn(2, 9, 32, dtype=torch.float64), None).detach().requires_grad_()
+    zeros = q.new_zeros(q.shape[:3])
+    c = layer.config
+    for state in (None, memory):
+        op_state = None if state is None else (state[0], tuple(torch.zeros_like(s) for s in state[1]))
+        want, _ = titans_memory(q, q, q, zeros, zeros, zeros, list(layer.weights), initial_state=op_state,
+                                chunk_size=c.chunk_size, activation=c.memory_activation,
+                                output_final_state=False, backend="naive")
+        got = layer.read(q, state)
+        torch.testing.assert_close(got, want, rtol=0.0, atol=1e-12)
+        params = [q, *layer.weights] + ([] if state is None else list(state[0]))
+        g_want = torch.autograd.grad(want.sin().sum(), params, retain_graph=True)
+        g_got = torch.autograd.grad(got.sin().sum(), params, retain_graph=True)
+        for a, b in zip(g_got, g_want, strict=True):
+            torch.testing.assert_close(a, b, rtol=0.0, atol=1e-12)
 
 
 def test_gates_start_at_the_design_values():

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from titans_dna.kernels.titans_memory import MemoryState, titans_memory
+from titans_dna.kernels.titans_memory import MemoryState, memory_read, titans_memory
 from titans_dna.model.config import TitansConfig
 from titans_dna.model.layers import RMSNorm, depthwise_conv, keep_tail, l2norm
 
@@ -124,19 +124,14 @@ class TitansMemory(nn.Module):
         return o, state
 
     def read(self, q: Tensor, memory: MemoryState | None) -> Tensor:
-        """M_W(q) [B, T, H, D] for the weights of `memory`, leaving it unchanged.
+        """M_W(q) [B, T, H, D] for the weights of `memory` (None: W_0), leaving it unchanged.
 
-        The op with zero gates and zero momentum writes nothing, so every chunk reads W exactly; going
-        through the op (not a copy of its MLP) keeps one definition of the memory and its fast paths.
+        What the op outputs when nothing is written, as one MLP pass of the op's own definition
+        (`memory_read`): running the op with zero gates would also compute, and keep for the backward, the
+        inner gradients and chunk updates it multiplies by zero (MAC reads every segment, so that doubled
+        the memory's activation memory and much of its time).
         """
-        c = self.config
-        zeros = q.new_zeros(q.shape[:3])
-        if memory is not None:
-            memory = (memory[0], tuple(torch.zeros_like(s) for s in memory[1]))
-        o, _ = titans_memory(q, q, q, zeros, zeros, zeros, list(self.weights), initial_state=memory,
-                             chunk_size=c.chunk_size, activation=c.memory_activation,
-                             output_final_state=False, backend=c.memory_backend)
-        return o
+        return memory_read(q, list(self.weights), memory, self.config.memory_activation)
 
     def readout(self, o: Tensor) -> Tensor:
         """Per-head RMSNorm then W_O: [B, T, H, D] -> [B, T, d_model]."""

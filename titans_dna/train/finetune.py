@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
+from titans_dna.model.config import TitansConfig
 from titans_dna.train.baselines import KmerLogReg
 from titans_dna.train.classifiers import (
     EncodedSeqs,
@@ -56,6 +57,7 @@ class FinetuneOptions:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     pooling: str = "mean"  # mean | max | first | last (Titans head)
     rc_conjoin: bool = True  # validation and test average both strands' probabilities
+    grad_checkpointing: bool = False  # Titans: recompute each layer in the backward (~1/5 the memory)
     progress: bool = True  # tqdm bars
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     save_model: bool = True  # write seed_<s>/model/ for `titans-dna predict`
@@ -77,6 +79,17 @@ def _score(metrics: Mapping[str, float], metric: str) -> float:
     return -math.inf if math.isnan(value) else value
 
 
+def _checkpoint_backbone(model: nn.Module, enabled: bool) -> Callable[[], None]:
+    """Turn on a Titans backbone's gradient checkpointing (no-op for other models); returns the undo, which
+    train_classifier calls when it stops, so the saved backbone config keeps the value it came with."""
+    config = getattr(getattr(model, "backbone", None), "config", None)
+    if not (enabled and isinstance(config, TitansConfig)):
+        return lambda: None
+    before = config.gradient_checkpointing
+    config.gradient_checkpointing = True
+    return lambda: setattr(config, "gradient_checkpointing", before)
+
+
 def train_classifier(
     model: nn.Module,
     train: EncodedSeqs,
@@ -90,6 +103,7 @@ def train_classifier(
 ) -> dict:
     """Fit ``model`` with AdamW + warm-up/cosine, validating every ``eval_every`` steps (or epoch) and keeping
     the weights of the best validation ``metric``; stops after ``patience`` validations without gain.
+    ``options.grad_checkpointing`` recomputes a Titans backbone's layers in the backward while it trains.
 
     Returns:
         ``{"best_step", "best_valid", "steps", "history", "seconds"}``; ``model`` holds the best weights.
@@ -113,6 +127,7 @@ def train_classifier(
     best = {"score": -math.inf, "step": 0, "metrics": None, "state": None}
     history, step, stale, started = [], 0, 0, time.perf_counter()
     bar = tqdm(total=planned, desc="finetune", disable=not options.progress, leave=False)
+    undo_checkpointing = _checkpoint_backbone(model, options.grad_checkpointing)
     while step < planned and stale < options.patience:
         for index in torch.randperm(len(train), generator=generator).split(options.batch_size):
             ids, mask = train.batch(index, device)
@@ -145,6 +160,7 @@ def train_classifier(
             if step >= planned or stale >= options.patience:
                 break
     bar.close()
+    undo_checkpointing()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     return {

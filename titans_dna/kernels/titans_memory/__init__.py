@@ -1,7 +1,8 @@
 """The Titans neural long-term memory op: plain-PyTorch references and a dispatcher over the fast paths.
 
 `titans_memory(...)` picks the Triton chunk kernel (`.chunk`) on CUDA for shapes it supports and the
-chunked PyTorch reference otherwise; `last_backend()` tells which path the last call took.
+chunked PyTorch reference otherwise; `last_backend()` tells which path the last call took. `memory_read`
+evaluates the memory at a state without writing (one MLP pass; every backend shares it).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
-from .common import MemoryState
+from .common import MemoryState, memory_read
 from .naive import naive_chunk_titans_memory, naive_recurrent_titans_memory
 
 __all__ = [
     "MemoryState",
     "last_backend",
+    "memory_read",
     "naive_chunk_titans_memory",
     "naive_recurrent_titans_memory",
     "titans_memory",

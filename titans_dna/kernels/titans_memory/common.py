@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 MemoryState = tuple[tuple[Tensor, ...], tuple[Tensor, ...]]
@@ -36,10 +37,18 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, al
     for name, g in (("theta", theta), ("eta", eta), ("alpha", alpha)):
         if g.shape != (B, T, H):
             raise ValueError(f"{name} must be [B, T, H] = {(B, T, H)}; got {tuple(g.shape)}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+    check_memory(q, weights, initial_state, activation)
+
+
+def check_memory(q: Tensor, weights: Sequence[Tensor], state: MemoryState | None, activation: str) -> None:
+    """The checks on queries q [B, T, H, D], the memory's weights, its state and activation (ValueError)."""
+    if q.dim() != 4:
+        raise ValueError(f"q must be [B, T, H, D]; got {tuple(q.shape)}")
+    B, T, H, D = q.shape
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}")
     depth = len(weights)
     if not 1 <= depth <= MAX_DEPTH:
         raise ValueError(f"memory depth must be 1..{MAX_DEPTH}; got {depth} weight tensors")
@@ -53,8 +62,8 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, al
     if not ok:
         raise ValueError(f"weights for depth {depth} with H={H}, D={D} must be [H, E, D], [H, E, E]..., "
                          f"[H, D, E] (depth 1: [H, D, D]); got {shapes}")
-    if initial_state is not None:
-        ws, ss = initial_state
+    if state is not None:
+        ws, ss = state
         want_state = [(B, *s) for s in shapes]
         got_w, got_s = [tuple(w.shape) for w in ws], [tuple(s.shape) for s in ss]
         if got_w != want_state or got_s != want_state:
@@ -62,15 +71,17 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, al
                              f"got W {got_w}, S {got_s}")
 
 
-def init_state(weights: Sequence[Tensor], batch: int, dtype: torch.dtype,
-               initial_state: MemoryState | None) -> tuple[list[Tensor], list[Tensor]]:
-    """(W, S) lists of [B, H, out, in] in `dtype`: the given state, or W_0 broadcast over the batch and S = 0.
+def init_state(weights: Sequence[Tensor], dtype: torch.dtype, initial_state: MemoryState | None,
+               ) -> tuple[list[Tensor], list[Tensor]]:
+    """(W, S) lists in `dtype`: the given state ([B, H, out, in]), or W_0 and S = 0 as [1, H, out, in].
 
+    The batch-1 start broadcasts: a [B, H, out, in] copy of W_0 would be materialised again by every
+    matmul that reads it and kept for the backward; the first chunk update gives [B, H, out, in].
     Casts are differentiable, so gradients reach W_0 and the initial state.
     """
     if initial_state is not None:
         return [w.to(dtype) for w in initial_state[0]], [s.to(dtype) for s in initial_state[1]]
-    ws = [w.to(dtype).unsqueeze(0).expand(batch, *w.shape) for w in weights]
+    ws = [w.to(dtype).unsqueeze(0) for w in weights]
     return ws, [torch.zeros_like(w) for w in ws]
 
 
@@ -86,17 +97,30 @@ def activation_and_derivative(z: Tensor, activation: str) -> tuple[Tensor, Tenso
 
 
 def _linear(x: Tensor, w: Tensor) -> Tensor:
-    # rows x [.., N, in] times W [.., out, in] -> [.., N, out]
-    return x @ w.transpose(-1, -2)
+    # rows x [.., N, in] times W [.., out, in] -> [.., N, out]. einsum, not matmul: W shared over the batch
+    # ([H, out, in] or [1, H, out, in]) then stays one matrix per head instead of a copy per batch row.
+    return torch.einsum("...ni,...oi->...no", x, w)
 
 
-def mlp_forward(ws: Sequence[Tensor], x: Tensor, activation: str,
+def _backprop(g: Tensor, w: Tensor) -> Tensor:
+    # rows g [.., N, out] times W [.., out, in] -> [.., N, in] (g W), with _linear's broadcasting
+    return torch.einsum("...no,...oi->...ni", g, w)
+
+
+def activation_only(z: Tensor, activation: str) -> Tensor:
+    """act(z) alone, as one op that saves only z for the backward (reads and outputs need no act')."""
+    return F.silu(z) if activation == "silu" else F.gelu(z)
+
+
+def mlp_forward(ws: Sequence[Tensor], x: Tensor, activation: str, derivatives: bool = True,
                 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """Memory MLP M_W(x) with what the inner gradient needs.
 
     Args:
-        ws: per layer [B, H, out, in].
+        ws: per layer [B, H, out, in] (batch 1 or [H, out, in]: the same weights for every batch row).
         x: [B, H, N, D] rows.
+        derivatives: also compute act'(z_l); False for outputs, which need no inner gradient (then
+            `dacts` is empty and each activation is one op, which keeps less for the outer backward).
     Returns:
         y [B, H, N, D]; `inputs[l]` = input rows of layer l ([B, H, N, in_l]); `dacts[l]` = act'(z_l)
         for each hidden layer l < L-1 (z_l its pre-activation). Depth 1 is W x, depth >= 2 adds x.
@@ -106,10 +130,28 @@ def mlp_forward(ws: Sequence[Tensor], x: Tensor, activation: str,
     inputs, dacts, h = [], [], x
     for w in ws[:-1]:
         inputs.append(h)
-        h, dact = activation_and_derivative(_linear(h, w), activation)
-        dacts.append(dact)
+        if derivatives:
+            h, dact = activation_and_derivative(_linear(h, w), activation)
+            dacts.append(dact)
+        else:
+            h = activation_only(_linear(h, w), activation)
     inputs.append(h)
     return x + _linear(h, ws[-1]), inputs, dacts
+
+
+def memory_read(q: Tensor, weights: Sequence[Tensor], state: MemoryState | None, activation: str) -> Tensor:
+    """M_W(q) [B, T, H, D] for every token: the op's output when no write happens (all gates zero).
+
+    W are the state's weights ([B, H, out, in]), or W_0 = `weights` ([H, out, in]) for every sequence when
+    state is None. One MLP evaluation in the state dtype, nothing of the inner loop: no inner gradients,
+    no chunk updates (which a zero-gate run of the op computes, and keeps for the backward, only to
+    multiply them by zero), and no per-sequence copy of W_0.
+    """
+    check_memory(q, weights, state, activation)
+    dtype = state_dtype(q)
+    ws = [w.to(dtype) for w in (weights if state is None else state[0])]
+    y = mlp_forward(ws, q.transpose(1, 2).to(dtype), activation, derivatives=False)[0]
+    return y.transpose(1, 2).to(q.dtype)
 
 
 def inner_grad_factors(ws: Sequence[Tensor], k: Tensor, v: Tensor, activation: str,
@@ -127,7 +169,7 @@ def inner_grad_factors(ws: Sequence[Tensor], k: Tensor, v: Tensor, activation: s
     gs = [g]
     for layer in range(len(ws) - 2, -1, -1):
         # back through W_{l+1}: dL/dh_l = g_{l+1} W_{l+1}, then through act at z_l
-        g = (g @ ws[layer + 1]) * dacts[layer]
+        g = _backprop(g, ws[layer + 1]) * dacts[layer]
         gs.append(g)
     return gs[::-1], hs
 

@@ -33,7 +33,7 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha:
     all in the state dtype."""
     check_inputs(q, k, v, theta, eta, alpha, weights, initial_state, chunk_size, activation)
     dtype = state_dtype(q)
-    ws, ss = init_state(weights, q.shape[0], dtype, initial_state)
+    ws, ss = init_state(weights, dtype, initial_state)
     return ws, ss, [x.transpose(1, 2).to(dtype) for x in (q, k, v, theta, eta, alpha)]
 
 
@@ -41,7 +41,9 @@ def _finish(outs: list[Tensor], q: Tensor, out_dtype: torch.dtype, ws: list[Tens
             output_final_state: bool) -> tuple[Tensor, MemoryState | None]:
     # outs: per-chunk [B, H, n, D] pieces; q: head-major queries (gives the empty output for T = 0)
     o = torch.cat(outs, dim=2) if outs else torch.zeros_like(q)
-    state = (tuple(ws), tuple(ss)) if output_final_state else None
+    B = q.shape[0]  # a state never updated (T = 0) is still the batch-1 start of init_state
+    state = ((tuple(w.expand(B, *w.shape[1:]) for w in ws), tuple(s.expand(B, *s.shape[1:]) for s in ss))
+             if output_final_state else None)
     return o.transpose(1, 2).to(out_dtype), state
 
 
@@ -77,7 +79,7 @@ def naive_recurrent_titans_memory(
         if t % chunk_size == 0:
             w_start = ws
         tok = slice(t, t + 1)
-        outs.append(mlp_forward(w_start, q[:, :, tok], activation)[0])
+        outs.append(mlp_forward(w_start, q[:, :, tok], activation, derivatives=False)[0])
         gs, hs = inner_grad_factors(w_start, k[:, :, tok], v[:, :, tok], activation)
         keep = (1.0 - alpha[:, :, t])[..., None, None]
         mom = eta[:, :, t][..., None, None]
@@ -123,7 +125,7 @@ def naive_chunk_titans_memory(
     outs = []
     for n, (A, E, G, m, c) in enumerate(coefficients):
         span = slice(n * chunk_size, (n + 1) * chunk_size)
-        outs.append(mlp_forward(ws, q[:, :, span], activation)[0])
+        outs.append(mlp_forward(ws, q[:, :, span], activation, derivatives=False)[0])
         gs, hs = inner_grad_factors(ws, k[:, :, span], v[:, :, span], activation)
         A, E, G = (x[..., None, None] for x in (A, E, G))
         m_theta = m * theta[:, :, span]

@@ -419,7 +419,8 @@ def _add_score(subparsers) -> None:
     p = subparsers.add_parser(
         "score", help="per-record log-likelihood under the causal model",
         description="TSV: name, chrom, start, end, strand, length, scored_bases, log_likelihood (nats), "
-        "nats_per_base, perplexity. Long records stream through the model with its state carried.",
+        "log_likelihood_per_base, perplexity. Long records stream through the model with its state "
+        "carried.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_input_args(p)
@@ -446,7 +447,7 @@ def _run_score(args: argparse.Namespace) -> int:
         report = sys.stderr if args.out == "-" else sys.stdout  # stdout may carry the bedGraph
         for s in done:
             print(f"{s.name}: {s.length:,} bp, log-likelihood {s.log_likelihood:.3f} nats over {s.scored:,} "
-                  f"bases ({s.nats_per_base:.4f} nats/base) in {s.seconds:.1f} s", file=report)
+                  f"bases ({s.log_likelihood_per_base:.4f} per base) in {s.seconds:.1f} s", file=report)
         return 0
     model = load_backbone(args.checkpoint, _device(args.device))
     n = score_file(model, _records(args), args.out, args.batch_size, _PRECISION[args.dtype],

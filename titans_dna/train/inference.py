@@ -294,14 +294,15 @@ def score_file(
     progress: bool = True,
 ) -> int:
     """Per-record log-likelihood TSV: name, chrom, start, end, strand, length, scored_bases,
-    log_likelihood (nats), nats_per_base, perplexity (exp of nats_per_base' negative)."""
+    log_likelihood (nats), log_likelihood_per_base (nats; minus the loss), perplexity
+    (exp of minus the per-base value)."""
     header = [
         "name",
         *COORD_COLUMNS,
         "length",
         "scored_bases",
         "log_likelihood",
-        "nats_per_base",
+        "log_likelihood_per_base",
         "perplexity",
     ]
     n = 0

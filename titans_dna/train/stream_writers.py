@@ -38,7 +38,7 @@ class StreamSummary:
     seconds: float
 
     @property
-    def nats_per_base(self) -> float:
+    def log_likelihood_per_base(self) -> float:
         return self.log_likelihood / self.scored if self.scored else float("nan")
 
 

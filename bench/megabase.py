@@ -2,7 +2,10 @@
 first 256 kbp, the first 1 Mbp and the whole 4.64 Mbp E. coli K-12 genome as ONE sequence each
 (`titans-dna embed --stream`'s path without the file: piece by piece with the state carried, windows
 every 1 kbp, bf16 autocast), with Mbp/s and peak GPU memory per case (torch.cuda.max_memory_allocated, reset
-per case).
+per case). --cuda-graph picks how full pieces run: replayed from a CUDA graph (on), eagerly (off), or both
+(the default on CUDA): then each length runs eagerly first and the graphed run reports its speedup and the
+relative errors of its total log-likelihood and region embedding against the eager run (bf16 tolerance 1e-2,
+fp32 1e-5). A graphed time includes capturing the graph.
 Targets: peak at 4.64 Mbp within 1.1x of the peak at 256 kbp; the whole genome in under 10 s.
 
 Beside it, on the same card, the longest single forward call of two peers (batch 1, no_grad, bf16), lengths
@@ -14,6 +17,7 @@ case is written out as soon as it finishes.
 
 GPU (device tool; the data folder carried, e.g. as .devdata):
     TITANS_DNA_DATA=.devdata python bench/megabase.py --out $OUT
+    TITANS_DNA_DATA=.devdata python bench/megabase.py --out $OUT --peers "" --cuda-graph both  # ours only
 CPU smoke test (tiny model, short lengths, no meaning as timings):
     python bench/megabase.py --quick --out /tmp/megabase
 Writes megabase.json and megabase.md to --out (default $OUT, else ./bench_out).
@@ -84,35 +88,64 @@ def run_ours(args: argparse.Namespace, result: Path) -> None:
     lengths = [size if n == "all" else min(int(n), size) for n in args.lengths.split(",")]
     weights_gib = allocated_gib(device)
 
-    def stream(length: int) -> tuple[float, float]:
-        """Seconds to stream the first `length` bp (windows every kbp, as `embed --stream`) and the loss in
-        nats/base (minus the mean log-likelihood)."""
+    graphs = {"off": (False,), "on": (True,), "both": (False, True)}[args.cuda_graph]
+    tolerance = 1e-2 if precision == "bf16" else 1e-5
+
+    def stream(length: int, graph: bool) -> tuple[float, RegionStream]:
+        """Seconds to stream the first `length` bp (windows every kbp, as `embed --stream`), full pieces
+        through a CUDA graph or not, and the finished stream."""
         sync(device)
         start = time.perf_counter()
         run = RegionStream(model, genome, Interval(chrom, 0, length), stride=1000,
-                           piece_segments=args.piece_segments, precision=precision)
+                           piece_segments=args.piece_segments, precision=precision, cuda_graph=graph)
         for _ in run:  # each piece's outputs are on the CPU already: the file write is all that is left out
             pass
         sync(device)
-        return time.perf_counter() - start, -run.log_likelihood / max(run.scored, 1)
+        return time.perf_counter() - start, run
 
     warm_up = min(lengths[0], 4 * args.piece_segments * model.config.segment_len)
-    warm = stream(warm_up)[0]  # Triton compile and autotune happen here
-    emit(result, {"peer": "ours", "case": "warm-up", "seconds": warm, "backend": last_backend()})
-    rate = None
+    for graph in graphs:  # Triton compile and autotune, and the first graph capture, happen here
+        warm = stream(warm_up, graph)[0]
+        emit(result, {"peer": "ours", "case": "warm-up", "seconds": warm, "backend": last_backend(),
+                      "cuda_graph": graph})
+    rates: dict[bool, float] = {}
     for length in lengths:
-        predicted = length / rate if rate else 0.0
-        if predicted > args.ours_cap_s:
-            emit(result, {"peer": "ours", "length": length,
-                          "status": f"skipped: predicted {predicted:.0f} s"})
-            continue
-        reset_peak(device)
-        seconds, nats = stream(length)
-        rate = length / seconds
-        emit(result, {"peer": "ours", "length": length, "status": "ok", "seconds": seconds,
-                      "mbp_per_s": rate / 1e6, "peak_gib": peak_gib(device), "weights_gib": weights_gib,
-                      "nats_per_base": nats, "whole_genome": length == size, "record": chrom,
-                      "backend": last_backend(), "parameters": model.num_parameters()})
+        eager = None  # (seconds, stream) of this length's eager run, which the graphed run is checked against
+        for graph in graphs:
+            predicted = length / rates[graph] if graph in rates else 0.0
+            if predicted > args.ours_cap_s:
+                emit(result, {"peer": "ours", "length": length, "cuda_graph": graph,
+                              "status": f"skipped: predicted {predicted:.0f} s"})
+                continue
+            reset_peak(device)
+            seconds, run = stream(length, graph)
+            rates[graph] = length / seconds
+            record = {"peer": "ours", "length": length, "cuda_graph": graph, "status": "ok",
+                      "seconds": seconds, "mbp_per_s": rates[graph] / 1e6, "peak_gib": peak_gib(device),
+                      "weights_gib": weights_gib, "nats_per_base": -run.log_likelihood / max(run.scored, 1),
+                      "whole_genome": length == size, "record": chrom, "backend": last_backend(),
+                      "parameters": model.num_parameters()}
+            if graph and eager is not None:
+                record.update(graph_vs_eager(eager, (seconds, run), tolerance))
+                print(f"CUDA graph vs eager, {length:,} bp: {record['speedup']:.2f}x; relative error of the "
+                      f"log-likelihood {record['loglik_rel_err']:.2e}, of the embedding "
+                      f"{record['embedding_rel_err']:.2e} (tolerance {tolerance:g})", flush=True)
+            elif not graph:
+                eager = seconds, run
+            emit(result, record)
+
+
+def graph_vs_eager(eager: tuple[float, RegionStream], graphed: tuple[float, RegionStream],
+                   tolerance: float) -> dict:
+    """Speedup of the graphed stream over the eager one, and the relative errors of its total
+    log-likelihood and region embedding (the eager run as reference)."""
+    (eager_s, ref), (graph_s, run) = eager, graphed
+    loglik = abs(run.log_likelihood - ref.log_likelihood) / max(abs(ref.log_likelihood), 1e-30)
+    embedding = float((run.embedding.double() - ref.embedding.double()).norm()
+                      / ref.embedding.double().norm().clamp(min=1e-30))
+    return {"eager_seconds": eager_s, "speedup": eager_s / graph_s, "loglik_rel_err": loglik,
+            "embedding_rel_err": embedding, "tolerance": tolerance,
+            "matches_eager": max(loglik, embedding) <= tolerance}
 
 
 # ---- peers: one forward call per length -------------------------------------------------------------------
@@ -190,12 +223,25 @@ def markdown(report: dict) -> str:
              f"Model: `{report['config']['preset']}` preset, random init, pieces of "
              f"{report['config']['piece_segments']} segments, bf16 autocast on CUDA; memory backend "
              f"{next((r.get('backend') for r in ours if r.get('backend')), 'n/a')}.", "",
-             "| length (bp) | seconds | Mbp/s | peak GiB | status |", "|---|---|---|---|---|"]
+             "| length (bp) | CUDA graph | seconds | Mbp/s | peak GiB | status |",
+             "|---|---|---|---|---|---|"]
     for r in ours:
         label = f"{r['length']:,}" + (" (whole genome)" if r.get("whole_genome") else "")
-        lines.append(f"| {label} | {_f(r.get('seconds'))} | {_f(r.get('mbp_per_s'), 4, 'g')} | "
-                     f"{_f(r.get('peak_gib'), 3)} | {r['status']} |")
-    ok = {r["length"]: r for r in ours if r["status"] == "ok"}
+        lines.append(f"| {label} | {'yes' if r.get('cuda_graph') else 'no'} | {_f(r.get('seconds'))} | "
+                     f"{_f(r.get('mbp_per_s'), 4, 'g')} | {_f(r.get('peak_gib'), 3)} | {r['status']} |")
+    checked = [r for r in ours if "speedup" in r]
+    if checked:
+        lines += ["", "CUDA graph against eager (same lengths; relative errors of the graphed run's total "
+                  "log-likelihood and region embedding):", "",
+                  "| length (bp) | eager s | graph s | speedup | log-lik rel err | embedding rel err | "
+                  "within tolerance |", "|---|---|---|---|---|---|---|"]
+        for r in checked:
+            lines.append(f"| {r['length']:,} | {_f(r['eager_seconds'])} | {_f(r['seconds'])} | "
+                         f"{r['speedup']:.2f}x | {r['loglik_rel_err']:.2e} | {r['embedding_rel_err']:.2e} | "
+                         f"{'yes' if r['matches_eager'] else 'NO'} (<= {r['tolerance']:g}) |")
+    # the targets read the fast path when it ran
+    graphed = any(r.get("cuda_graph") and r["status"] == "ok" for r in ours)
+    ok = {r["length"]: r for r in ours if r["status"] == "ok" and bool(r.get("cuda_graph")) == graphed}
     if ok:
         first, whole = ok[min(ok)], ok[max(ok)]
         if first.get("peak_gib") and whole.get("peak_gib"):
@@ -240,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="prefix lengths in bp; 'all' = the whole (longest) record")
     p.add_argument("--piece-segments", type=int, default=16, help="segments per forward call")
     p.add_argument("--ours-cap-s", type=float, default=300, help="skip a length predicted to take longer")
+    p.add_argument("--cuda-graph", choices=("on", "off", "both"), default=None,
+                   help="ours: full pieces replayed from a CUDA graph, run eagerly, or both and compared "
+                   "(default: both on CUDA, off on CPU)")
     p.add_argument("--peers", default=",".join(PEERS), help="comma list of peers ('' for none)")
     p.add_argument("--peer-start", type=int, default=262144, help="first peer length")
     p.add_argument("--peer-max", type=int, default=1 << 25, help="longest peer length tried")
@@ -253,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.preset, args.lengths, args.cap_s = "tiny", "1024,2048", 2.0
         args.peer_start, args.peer_max = 1024, 4096
+    on_cuda = args.device.startswith("cuda")
+    if args.cuda_graph is None:
+        args.cuda_graph = "both" if on_cuda else "off"
+    elif args.cuda_graph != "off" and not on_cuda:
+        p.error(f"--cuda-graph {args.cuda_graph} needs a CUDA device (got --device {args.device})")
     if args.genome is None:
         root = Path(args.data_root) if args.data_root else shared_data_dir()
         args.genome = str(root / ECOLI)
@@ -267,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = ["ours", *[peer for peer in args.peers.split(",") if peer]]
     report = {"environment": environment(args.device), "results": [],
               "config": {k: getattr(args, k) for k in ("preset", "lengths", "piece_segments", "cap_s",
-                                                       "peer_start", "genome", "quick")}}
+                                                       "peer_start", "genome", "quick", "cuda_graph")}}
     for worker in workers:
         with tempfile.TemporaryDirectory() as tmp:
             result = Path(tmp) / "result.jsonl"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from omegaconf import OmegaConf
 from titans_dna.data.atomic import atomic_write_text
 from titans_dna.train.configs import compose_config, config_dir, data_path
 from titans_dna.train.evaluate import write_json
-from titans_dna.train.finetune import finetune_from_config
+from titans_dna.train.finetune import finetune_from_config, merge_summaries
 
 MODELS = ("titans-pretrained", "titans-scratch", "cnn", "kmer")
 SKIPPED_TASKS = {
@@ -93,6 +94,29 @@ def run_one(task: str, model: str, args: argparse.Namespace, out: Path) -> dict 
         cfg.model = OmegaConf.create({"_target_": "titans_dna.model.TitansConfig", **arch})
     print(f"== {task} / {model}", flush=True)
     return finetune_from_config(cfg, progress=not args.no_progress)
+
+
+def merge_runs(sources: list[Path], out: Path) -> list[str]:
+    """Fold the runs found in ``sources`` (``<task>/<model>/`` folders of other pipeline outputs, e.g. one
+    per seed run on another machine) into ``out``: their seed folders are copied and each pair's
+    metrics.json summarises every seed. Returns the merged ``task/model`` names."""
+    merged = []
+    for source in sources:
+        for found in sorted(source.glob("*/*/metrics.json")):
+            pair = found.parent.relative_to(source)
+            target = out / pair
+            runs = [json.loads(found.read_text())]
+            if (target / "metrics.json").is_file():
+                runs.insert(0, json.loads((target / "metrics.json").read_text()))
+            summary = merge_summaries(runs)  # refuses a seed present twice before anything is copied
+            for seed_dir in sorted(found.parent.glob("seed_*")):
+                dest = target / seed_dir.name
+                if dest.exists():  # left by an unfinished run (a finished one lists the seed: refused above)
+                    shutil.rmtree(dest)
+                shutil.copytree(seed_dir, dest)
+            write_json(target / "metrics.json", summary)
+            merged.append(str(pair))
+    return merged
 
 
 def _cell(summary: dict | None, test: str, metric: str) -> str:
@@ -174,6 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run nothing: build the table from the results already in --out (missing pairs show as -)",
     )
+    p.add_argument(
+        "--merge-from",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="first fold the runs in these pipeline outputs (other seeds of the same pairs, or other pairs) "
+        "into --out",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_intermixed_args(argv)  # overrides may come before, between or after the options
     if args.quick:
@@ -190,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"unknown tasks {unknown}; configs/task has {sorted(tasks + missing)}")
         tasks = [t for t in tasks if t in args.tasks]
+    for pair in merge_runs(args.merge_from, out):
+        print(f"merged {pair}", file=sys.stderr)
     if missing:
         print(f"skipping tasks without data: {', '.join(missing)}", file=sys.stderr)
     results = {task: {m: run_one(task, m, args, out) for m in args.models} for task in tasks}

@@ -3,8 +3,10 @@ tiny end-to-end `titans-dna finetune` on a real GUE subsample (CPU, a few steps)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +247,34 @@ def test_grad_checkpointing_trains_the_same_weights_and_leaves_the_config(seed, 
         weights.append(model.state_dict())
     for name, value in weights[0].items():
         torch.testing.assert_close(weights[1][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _pipeline():
+    """pipelines/genomic_benchmarks.py as a module (pipelines are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "genomic_benchmarks.py"
+    spec = importlib.util.spec_from_file_location("genomic_benchmarks_pipeline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pipeline_merges_seeds_run_as_separate_jobs(data_dir, tmp_path):
+    """Seeds run apart and merged give the summary of one run over both seeds; a seed merged twice is
+    refused before anything is written."""
+    pipeline = _pipeline()
+    common = ["--tasks", "gue_tf_1", "--models", "kmer", "--max-rows", "200", "--no-progress",
+              f"data_root={data_dir}"]
+    for seeds, out in (([0, 1], "both"), ([0], "s0"), ([1], "s1")):
+        assert pipeline.main([*common, "--seeds", *map(str, seeds), "--out", str(tmp_path / out)]) == 0
+    merged = tmp_path / "merged"
+    assert pipeline.main([*common, "--table-only", "--out", str(merged),
+                          "--merge-from", str(tmp_path / "s0"), str(tmp_path / "s1")]) == 0
+    pair = Path("gue_tf_1") / "kmer"
+    got = json.loads((merged / pair / "metrics.json").read_text())
+    want = json.loads((tmp_path / "both" / pair / "metrics.json").read_text())
+    assert got["seeds"] == [0, 1] and got["summary"] == want["summary"]
+    assert (merged / pair / "seed_1" / "predictions.tsv").is_file()
+    assert "kmer" in (merged / "results.md").read_text()
+    with pytest.raises(ValueError, match="seed 0"):
+        pipeline.main([*common, "--table-only", "--out", str(merged), "--merge-from", str(tmp_path / "s0")])
+    assert json.loads((merged / pair / "metrics.json").read_text())["seeds"] == [0, 1]

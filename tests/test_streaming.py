@@ -1,6 +1,8 @@
 """Streaming inference (titans_dna/train/streaming.py, stream_writers.py, `--stream` in the CLI): a region run
 piece by piece with the state carried equals the same region run as one forward, for the per-position
-log-likelihoods, the per-window embeddings and the pooled embedding; files appear whole or not at all."""
+log-likelihoods, the per-window embeddings and the pooled embedding; files appear whole or not at all.
+The CUDA-graph path (model/graphed.py) is checked here as far as a CPU allows: the forward it captures
+never waits on the device and carries the state exactly through static buffers."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from utils import relative_error
 
 import titans_dna.train.streaming as streaming
 from titans_dna.cli import main
@@ -17,6 +21,8 @@ from titans_dna.data.bed import Interval
 from titans_dna.data.genome import Genome
 from titans_dna.data.tokenizer import BASE_IDS
 from titans_dna.model import TitansConfig, TitansDNA
+from titans_dna.model.graphed import _leaves, _load, _map_tensors, _signature, graph_ready, initial_state
+from titans_dna.model.graphed import step as graph_step
 from titans_dna.model.heads import pool
 from titans_dna.train.inference import log_likelihood
 from titans_dna.train.stream_writers import stream_embed_file, stream_score_file
@@ -35,10 +41,10 @@ def single_thread():
     torch.set_num_threads(before)
 
 
-def tiny_model(dtype: torch.dtype = torch.float64, block: str = "mac") -> TitansDNA:
+def tiny_model(dtype: torch.dtype = torch.float64, block: str = "mac", window: int = 12) -> TitansDNA:
     # window < segment_len (mag/mal reach across pieces); chunk 4, segment 16: many boundaries in 300 bp
     config = TitansConfig(d_model=32, n_layers=2, n_heads=2, head_dim=16, block=block, chunk_size=4,
-                          segment_len=16, n_persistent=2, window=12)
+                          segment_len=16, n_persistent=2, window=window)
     return TitansDNA(config).to(dtype).eval()
 
 
@@ -102,6 +108,153 @@ def test_stream_equals_whole_sequence(block, monkeypatch, seed):
         assert stream.scored == int(scored) == int((~ll.isnan()).sum())
         assert stream.log_likelihood == pytest.approx(float(ll.nansum()), abs=1e-9)
         assert stream.log_likelihood == pytest.approx(float(total), rel=1e-6)  # inference scores in float32
+
+
+class NoSync(TorchFunctionMode):
+    """Fails on the tensor calls that make the host wait for the device (which CUDA graph capture forbids)."""
+
+    CALLS = {torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__,
+             torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy,
+             torch.Tensor.nonzero, torch.nonzero, torch.Tensor.masked_select, torch.masked_select}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        index = args[1] if func is torch.Tensor.__getitem__ else ()
+        masked = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                     for i in (index if isinstance(index, tuple) else (index,)))
+        if func in self.CALLS or masked:
+            raise AssertionError(f"host-device sync: {getattr(func, '__name__', func)}")
+        return func(*args, **(kwargs or {}))
+
+
+def assert_states_close(state, ref) -> None:
+    assert _signature(state) == _signature(ref)
+    for a, b in zip(_leaves(state), _leaves(ref), strict=True):
+        assert relative_error(b, a) < 1e-10
+
+
+@pytest.mark.parametrize("block", ["mac", "mag", "mal", "lmm"])
+def test_sync_free_step_equals_forward(block, seed):
+    """`step` from the explicit start state, piece by piece, equals the forward piece by piece from
+    state=None (outputs and states) and the whole sequence in one call, and never waits on the device (the
+    forward's input checks do)."""
+    model = tiny_model(block=block)
+    ids = torch.randint(0, model.config.vocab_size, (1, 5 * 32))
+    with torch.no_grad():
+        whole = model(ids)
+        state, ref_state, hidden, logits = initial_state(model), None, [], []
+        for piece in ids.split(32, dim=1):
+            with NoSync():
+                out = graph_step(model, piece, state)
+            ref = model(piece, state=ref_state, return_state=True)
+            assert relative_error(ref.hidden_states, out.hidden_states) < 1e-10
+            assert relative_error(ref.logits, out.logits) < 1e-10
+            assert_states_close(out.state, ref.state)
+            state, ref_state = out.state, ref.state
+            hidden.append(out.hidden_states)
+            logits.append(out.logits)
+        assert relative_error(whole.hidden_states, torch.cat(hidden, dim=1)) < 1e-10
+        assert relative_error(whole.logits, torch.cat(logits, dim=1)) < 1e-10
+        with pytest.raises(AssertionError, match="host-device sync"), NoSync():
+            model(ids)
+
+
+@pytest.mark.parametrize("block, window", [("mac", 12), ("mal", 12), ("mag", 48)])
+def test_static_buffers_carry_the_stream(block, window, seed):
+    """A graph replay emulated on the CPU: pieces run eagerly until `graph_ready`, then `step` reads the
+    state from static buffers and its new state is copied back into them. The state keeps its shapes over
+    every such piece, and the outputs equal the whole sequence. Pieces of 32 tokens: a 48-token window fills
+    its attention tail (47 rows) only after two pieces."""
+    model = tiny_model(block=block, window=window)
+    ids = torch.randint(0, model.config.vocab_size, (1, 6 * 32))
+    assert graph_ready(model, initial_state(model)) == (block == "mac")
+    with torch.no_grad():
+        whole = model(ids)
+        state, buffers, hidden, eager = None, None, [], 0
+        for piece in ids.split(32, dim=1):
+            if buffers is None and graph_ready(model, state):
+                buffers = _map_tensors(torch.clone, state)
+            if buffers is None:
+                out = model(piece, state=state, return_state=True)
+                eager += 1
+            else:
+                out = graph_step(model, piece, buffers)
+                assert _signature(out.state) == _signature(buffers)
+                _load(buffers, out.state)
+            state = out.state
+            hidden.append(out.hidden_states)
+        assert eager == (2 if window > 32 else 1)
+    assert relative_error(whole.hidden_states, torch.cat(hidden, dim=1)) < 1e-10
+
+
+class CpuGraph:
+    """GraphedPieces without CUDA: the same static buffers (each run overwrites the last run's outputs and
+    state), `step` in place of a replay."""
+
+    def __init__(self, model: TitansDNA, piece_len: int, precision: str) -> None:
+        self.model, self.out, self.runs = model, None, 0
+
+    @torch.no_grad()
+    def run(self, ids: torch.Tensor, state):
+        if self.out is None:
+            self.out = _map_tensors(torch.clone, graph_step(self.model, ids, state))
+        if state is not self.out.state:
+            _load(self.out.state, state)
+        new = graph_step(self.model, ids, self.out.state)
+        self.out.hidden_states.copy_(new.hidden_states)
+        self.out.logits.copy_(new.logits)
+        _load(self.out.state, new.state)
+        self.runs += 1
+        return self.out
+
+    def reset(self) -> None:
+        self.out = None
+
+
+@pytest.mark.parametrize("block", ["mac", "mal"])
+def test_graphed_stream_equals_eager_stream(block, monkeypatch, seed):
+    """RegionStream with the graph path (CpuGraph standing in for the CUDA graph): 10 pieces of 32 tokens,
+    the first and the shorter last one eager, the same log-likelihoods, windows and embedding as eagerly."""
+    monkeypatch.setattr(streaming, "GraphedPieces", CpuGraph)
+    model = tiny_model(block=block)
+    genome = Genome({"chrA": "".join(random.Random(seed).choice("ACGTN") for _ in range(300))})
+    region = Interval("chrA", 0, 300)
+    streams = [RegionStream(model, genome, region, stride=37, piece_segments=2, cuda_graph=graph)
+               for graph in (False, True)]
+    eager, graphed = (list(stream) for stream in streams)
+    assert streams[1].graphed.runs == 8
+    for key in ("loglik", "windows"):
+        torch.testing.assert_close(torch.cat([getattr(p, key) for p in graphed]),
+                                   torch.cat([getattr(p, key) for p in eager]), equal_nan=True, **EXACT)
+    torch.testing.assert_close(streams[1].embedding, streams[0].embedding, **EXACT)
+    assert streams[1].log_likelihood == pytest.approx(streams[0].log_likelihood, rel=1e-12)
+
+
+def test_cuda_graph_needs_a_cuda_model():
+    model = tiny_model(torch.float32)
+    genome = Genome({"chrA": "ACGT" * 40})
+    region = Interval("chrA", 0, 160)
+    assert RegionStream(model, genome, region, piece_segments=2).graphed is None  # auto: eager on CPU
+    with pytest.raises(ValueError, match="CUDA graphs need the model on a CUDA device"):
+        RegionStream(model, genome, region, piece_segments=2, cuda_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("block, precision", [("mac", "fp32"), ("mac", "bf16"), ("mal", "bf16")])
+def test_cuda_graph_stream_equals_eager_stream(block, precision, seed):
+    """On a GPU: the captured graph (Triton memory path) streams the same numbers as the eager pieces, over 31
+    full pieces and a shorter last one."""
+    model = tiny_model(torch.float32, block=block).cuda()
+    genome = Genome({"chrA": "".join(random.Random(seed).choice("ACGTN") for _ in range(1000))})
+    region = Interval("chrA", 0, 1000)
+    streams = [RegionStream(model, genome, region, stride=37, piece_segments=2, precision=precision,
+                            cuda_graph=graph) for graph in (False, True)]
+    eager, graphed = (list(stream) for stream in streams)
+    tol = F32 if precision == "fp32" else dict(rtol=1e-2, atol=1e-2)
+    for key in ("loglik", "windows"):
+        torch.testing.assert_close(torch.cat([getattr(p, key) for p in graphed]),
+                                   torch.cat([getattr(p, key) for p in eager]), equal_nan=True, **tol)
+    torch.testing.assert_close(streams[1].embedding, streams[0].embedding, **tol)
+    assert streams[1].log_likelihood == pytest.approx(streams[0].log_likelihood, rel=tol["rtol"])
 
 
 def test_files_hold_the_stream(tmp_path, seed):
@@ -171,7 +324,7 @@ def test_cli_stream_on_phage_lambda(data_dir, tmp_path, capsys):
     model.save_pretrained(tmp_path / "model")
     common = ["--checkpoint", str(tmp_path / "model"), "--device", "cpu", "--no-progress"]
     assert main(["embed", str(tmp_path / "slice.fa"), "--out", str(tmp_path / "emb.h5"), "--stream",
-                 "--stride", "500", "--piece-segments", "4", *common]) == 0
+                 "--stride", "500", "--piece-segments", "4", "--no-cuda-graph", *common]) == 0
     assert main(["score", "--bed", str(tmp_path / "slice.bed"), "--reference", str(lam), "--stream",
                  "--out", str(tmp_path / "ll.h5"), "--stride", "100", *common]) == 0
     assert main(["score", str(tmp_path / "slice.fa"), "--out", str(tmp_path / "plain.tsv"), *common]) == 0

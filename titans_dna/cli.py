@@ -354,6 +354,9 @@ def _add_stream_args(p: argparse.ArgumentParser, stride: int, stride_help: str) 
                    "state carried: whole chromosomes in constant memory (needs an indexed FASTA, not stdin)")
     p.add_argument("--stride", type=int, default=stride, help=stride_help)
     p.add_argument("--piece-segments", type=int, default=16, help="with --stream: model segments per forward")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="with --stream: run every piece eagerly (by default, on a GPU, full pieces replay a "
+                   "CUDA graph of the forward: the same numbers without the kernel-launch overhead)")
 
 
 def _stream_input(args: argparse.Namespace):
@@ -366,6 +369,11 @@ def _stream_input(args: argparse.Namespace):
     return load_backbone(args.checkpoint, _device(args.device)), genome, regions
 
 
+def _cuda_graph(args: argparse.Namespace) -> bool | None:
+    """RegionStream's cuda_graph: off with --no-cuda-graph, else its own choice."""
+    return False if args.no_cuda_graph else None
+
+
 def _run_embed(args: argparse.Namespace) -> int:
     from titans_dna.train.inference import embed_file, load_backbone
 
@@ -376,7 +384,8 @@ def _run_embed(args: argparse.Namespace) -> int:
             raise ValueError("--stream does not combine with --per-token (use --stride 1) or --rc-average")
         model, genome, regions = _stream_input(args)
         done = stream_embed_file(model, genome, regions, args.out, args.stride or None, args.pooling,
-                                 args.piece_segments, _PRECISION[args.dtype], progress=not args.no_progress)
+                                 args.piece_segments, _PRECISION[args.dtype], progress=not args.no_progress,
+                                 cuda_graph=_cuda_graph(args))
         bases, seconds = sum(s.length for s in done), sum(s.seconds for s in done)
         print(f"{args.out}: {len(done)} records streamed, {bases:,} bp in {seconds:.1f} s, "
               f"d_model {model.config.d_model}")
@@ -443,7 +452,8 @@ def _run_score(args: argparse.Namespace) -> int:
             raise ValueError(f"--stride must be >= 1 for score --stream, got {args.stride}")
         model, genome, regions = _stream_input(args)
         done = stream_score_file(model, genome, regions, args.out, args.stride, args.piece_segments,
-                                 _PRECISION[args.dtype], progress=not args.no_progress)
+                                 _PRECISION[args.dtype], progress=not args.no_progress,
+                                 cuda_graph=_cuda_graph(args))
         report = sys.stderr if args.out == "-" else sys.stdout  # stdout may carry the bedGraph
         for s in done:
             print(f"{s.name}: {s.length:,} bp, log-likelihood {s.log_likelihood:.3f} nats over {s.scored:,} "

@@ -113,6 +113,12 @@ class TitansDNA(nn.Module):
             raise ValueError("attention_mask must be right padding (all tokens before any padding)")
         if state is not None and len(state.layers) != len(self.layers):
             raise ValueError(f"state has {len(state.layers)} layers; the model has {len(self.layers)}")
+        return self._forward(input_ids, mask, state, return_state)
+
+    def _forward(self, input_ids: Tensor, mask: Tensor, state: ModelState | None,
+                 return_state: bool) -> TitansOutput:
+        """`forward` on checked inputs. No host-device synchronisation, so CUDA graphs can capture it
+        (model/graphed.py)."""
         x = self.embedding(input_ids)
         layer_states = []
         for i, layer in enumerate(self.layers):

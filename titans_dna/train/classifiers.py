@@ -47,14 +47,19 @@ def model_kind(model_cfg: Mapping) -> str:
     return KINDS[target]
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision for ``precision`` in auto | bf16 | fp16 | fp32 (auto = bf16 on CUDA, fp32 on CPU)."""
+def autocast(device: torch.device, precision: str, cache_enabled: bool = True,
+             ) -> contextlib.AbstractContextManager:
+    """Mixed precision for ``precision`` in auto | bf16 | fp16 | fp32 (auto = bf16 on CUDA, fp32 on CPU).
+
+    ``cache_enabled=False`` inside CUDA graph capture (model/graphed.py): the graph must cast the weights
+    itself, not read a cast cached outside it, nor one that the cache frees when the context exits.
+    """
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {precision!r}")
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return contextlib.nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 @dataclass

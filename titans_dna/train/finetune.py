@@ -283,23 +283,49 @@ def finetune(
     for seed in seeds:
         data = task(seed) if callable(task) else task
         per_seed.append(run_seed(data, kind, model_cfg, options, seed, run_dir / f"seed_{seed}", init, label))
-    test_names = list(per_seed[0]["test"])
-    summary = {
-        "task": data.name,
-        "model": label,
-        "kind": kind,
-        "init": init,
-        "seeds": list(seeds),
-        "metric": data.metric,
-        "info": data.info,
-        "options": asdict(options),
-        "summary": {name: summarize_seeds([r["test"][name] for r in per_seed]) for name in test_names},
-        "per_seed": [
-            {"seed": r["seed"], "test": r["test"], "best_valid": r["fit"]["best_valid"]} for r in per_seed
-        ],
-    }
+    summary = _summarize(
+        {
+            "task": data.name,
+            "model": label,
+            "kind": kind,
+            "init": init,
+            "metric": data.metric,
+            "info": data.info,
+            "options": asdict(options),
+        },
+        [{"seed": r["seed"], "test": r["test"], "best_valid": r["fit"]["best_valid"]} for r in per_seed],
+    )
     write_json(run_dir / "metrics.json", summary)
     return summary
+
+
+def _summarize(run: dict, per_seed: list[dict]) -> dict:
+    """A run's summary: its description ``run`` plus seeds, per-seed results and their mean and spread."""
+    test_names = list(per_seed[0]["test"])
+    return {
+        **run,
+        "seeds": [r["seed"] for r in per_seed],
+        "summary": {name: summarize_seeds([r["test"][name] for r in per_seed]) for name in test_names},
+        "per_seed": per_seed,
+    }
+
+
+def merge_summaries(summaries: Sequence[dict]) -> dict:
+    """One summary from runs of the same task and model made with other seeds (e.g. seeds run as separate
+    jobs). The runs must agree on everything but the seeds; a seed present twice is an error."""
+    run = {key: value for key, value in summaries[0].items() if key not in ("seeds", "summary", "per_seed")}
+    name = f"{run.get('task')} / {run.get('model')}"
+    per_seed: dict[int, dict] = {}
+    for other in summaries:
+        theirs = {key: value for key, value in other.items() if key not in ("seeds", "summary", "per_seed")}
+        if theirs != run:
+            diff = sorted(k for k in run.keys() | theirs.keys() if run.get(k) != theirs.get(k))
+            raise ValueError(f"cannot merge runs of {name}: they differ in {diff}")
+        for result in other["per_seed"]:
+            if result["seed"] in per_seed:
+                raise ValueError(f"seed {result['seed']} of {name} is in two runs")
+            per_seed[result["seed"]] = result
+    return _summarize(run, [per_seed[seed] for seed in sorted(per_seed)])
 
 
 def finetune_from_config(cfg: DictConfig, **overrides) -> dict:

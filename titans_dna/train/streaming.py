@@ -2,7 +2,8 @@
 the genome slice by slice and run through the model in pieces of ``piece_segments`` MAC segments with the
 model state carried (causal processing in pieces equals processing whole; see model/blocks.py). Only one
 piece's activations exist at a time; what leaves a piece is small: pooling accumulators, finished window
-embeddings and the per-position log-likelihoods.
+embeddings and the per-position log-likelihoods. At batch 1 the GPU waits on kernel launches, so on CUDA the
+full pieces replay a CUDA graph of the forward (``model/graphed.py``).
 
 Log-likelihood track: the value at position i is log p(x_i | x_<i), read from the logits at i - 1 (carried
 across piece boundaries); NaN at position 0 and where x_i is not A/C/G/T (as ``inference.log_likelihood``
@@ -23,7 +24,8 @@ from torch import Tensor
 from titans_dna.data.bed import Interval, SequenceSource, check_intervals, read_bed
 from titans_dna.data.genome import Genome
 from titans_dna.data.tokenizer import BASE_IDS
-from titans_dna.model import TitansDNA
+from titans_dna.model import ModelState, TitansDNA, TitansOutput
+from titans_dna.model.graphed import GraphedPieces, graph_ready
 from titans_dna.model.heads import check_pooling
 from titans_dna.train.classifiers import autocast
 
@@ -153,11 +155,14 @@ class RegionStream:
         pooling: "mean" | "max" | "first" | "last", for the region and its windows.
         piece_segments: segments of ``segment_len`` tokens per forward call.
         precision: "fp32" | "bf16" | "fp16" | "auto" (autocast; weights keep their dtype).
+        cuda_graph: replay full pieces from a CUDA graph (``model/graphed.py``; eager: the first piece,
+            MAG/MAL pieces until the attention tail is full, and a shorter last piece). None: on when the
+            model is causal and on CUDA and the region holds two full pieces or more. True needs CUDA.
     """
 
     def __init__(self, model: TitansDNA, genome: SequenceSource, region: Interval,
                  stride: int | None = None, pooling: str = "mean", piece_segments: int = PIECE_SEGMENTS,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", cuda_graph: bool | None = None) -> None:
         if piece_segments < 1:
             raise ValueError(f"piece_segments must be >= 1, got {piece_segments}")
         if len(region) < 1:
@@ -168,6 +173,10 @@ class RegionStream:
         self.windows = BinPooler(pooling, stride) if stride is not None else None
         self.embedding: Tensor | None = None
         self.log_likelihood, self.scored = 0.0, 0
+        if cuda_graph is None:
+            cuda_graph = (model.device.type == "cuda" and model.config.causal
+                          and len(region) // self.piece >= 2)
+        self.graphed = GraphedPieces(model, self.piece, precision) if cuda_graph else None
 
     def _token_pieces(self) -> Iterator[tuple[int, Tensor]]:
         """(region offset, ids long [<= piece] on the model's device), fetched READ_BASES at a time."""
@@ -190,8 +199,7 @@ class RegionStream:
         try:
             for start, ids in self._token_pieces():
                 last = start + ids.shape[0] == length
-                with torch.no_grad(), autocast(model.device, self.precision):
-                    out = model(ids[None], state=state, return_state=not last)
+                out = self._forward(ids, state, last)
                 state = out.state
                 logits = out.logits[0]
                 logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
@@ -205,7 +213,17 @@ class RegionStream:
                 yield self._piece(start, hidden, torch.where(scored, picked, math.nan), last)
         finally:
             model.train(was_training)
+            if self.graphed is not None:  # the graph's memory pool outlives the stream otherwise
+                self.graphed.reset()
         self.log_likelihood, self.scored = float(totals[0]), int(totals[1])
+
+    def _forward(self, ids: Tensor, state: ModelState | None, last: bool) -> TitansOutput:
+        """The model on one piece: a graph replay for a full piece whose state the graph can carry (see
+        `graph_ready`; its outputs live until the next replay), else an eager forward."""
+        if self.graphed is not None and ids.shape[0] == self.piece and graph_ready(self.model, state):
+            return self.graphed.run(ids[None], state)
+        with torch.no_grad(), autocast(self.model.device, self.precision):
+            return self.model(ids[None], state=state, return_state=not last)
 
     def _piece(self, start: int, hidden: Tensor, loglik: Tensor, last: bool) -> StreamPiece:
         if self.windows is None:

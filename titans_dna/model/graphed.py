@@ -1,0 +1,162 @@
+"""CUDA-graph fast path for batch-1 streaming (train/streaming.py).
+
+Streaming runs a chromosome through the model in pieces of a few thousand tokens at batch 1, where every
+segment of every layer is some 50 small kernels: the GPU waits on Python and kernel launches (~3.4 ms per
+256-token MAC segment per layer on an H200), not on arithmetic. `GraphedPieces` captures one forward of a
+full piece, with the stream state in static buffers, as a CUDA graph and replays it for every full piece:
+one launch per piece.
+
+`step` is the forward that the graph captures: ``model(ids, state=state, return_state=True)`` without the
+input checks, whose padding test synchronises the host with the device (which capture forbids).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from titans_dna.kernels.titans_memory.common import state_dtype
+from titans_dna.model.blocks import BlockState, MACBlock, MAGBlock, MALBlock
+from titans_dna.model.titans_dna import ModelState, TitansDNA, TitansOutput
+from titans_dna.train.classifiers import autocast
+
+WARMUP_RUNS = 2  # on a side stream before capture (the CUDA graphs recipe): lazy initialisation stays out
+
+
+def initial_state(model: TitansDNA, batch: int = 1) -> ModelState:
+    """The stream start as an explicit state, equal in effect to ``state=None``: memory W = W_0 and S = 0
+    ([B, H, out, in] in the op's state dtype), zero conv tails, empty MAG/MAL attention tails (None keeps
+    no rows either) and no pending inputs."""
+    c, device, dtype = model.config, model.device, model.dtype
+
+    def rows(n: int) -> Tensor:
+        return torch.zeros(batch, n, c.d_model, device=device, dtype=dtype)
+
+    layers = []
+    for layer in model.layers:
+        block = layer.block
+        ws = tuple(w.to(state_dtype(w)).expand(batch, *w.shape).clone() for w in block.memory.weights)
+        layers.append(BlockState(
+            memory=(ws, tuple(torch.zeros_like(w) for w in ws)),
+            conv_x=rows(c.conv_width - 1),
+            conv_y=rows(c.conv_width - 1) if isinstance(block, MACBlock) else None,
+            attn=rows(0) if isinstance(block, (MAGBlock, MALBlock)) else None,
+            pending=rows(0),
+            pending_mask=torch.zeros(batch, 0, dtype=torch.bool, device=device),
+        ))
+    return ModelState(layers)
+
+
+def step(model: TitansDNA, ids: Tensor, state: ModelState | None) -> TitansOutput:
+    """``model(ids, state=state, return_state=True)`` for ids [B, T] without padding, and without the
+    input checks: no host-device synchronisation, so a CUDA graph can capture it."""
+    return model._forward(ids, torch.ones_like(ids, dtype=torch.bool), state, return_state=True)
+
+
+def graph_ready(model: TitansDNA, state: ModelState | None) -> bool:
+    """Whether a full piece leaves the structure of `state` (its tensors' shapes and dtypes) as it is, which
+    a graph needs: not the stream start (None), and MAG/MAL attention tails already at window - 1 rows."""
+    window = model.config.window
+    return state is not None and all(layer.attn is None or layer.attn.shape[1] == window - 1
+                                     for layer in state.layers)
+
+
+def _map_tensors(fn: Callable[[Tensor], Any], value: Any) -> Any:
+    """`value` (a state or a part of one) with every tensor t replaced by fn(t), visited in a fixed order."""
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map_tensors(fn, v) for v in value)
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value, **{f.name: _map_tensors(fn, getattr(value, f.name))
+                                             for f in dataclasses.fields(value)})
+    return value  # None: a field the state does not use
+
+
+def _leaves(state: ModelState) -> list[Tensor]:
+    """The tensors of `state` in `_map_tensors` order."""
+    found: list[Tensor] = []
+    _map_tensors(found.append, state)
+    return found
+
+
+def _signature(state: ModelState) -> ModelState:
+    """`state` with each tensor replaced by its (shape, dtype, device): equal for states a graph can swap."""
+    return _map_tensors(lambda t: (t.shape, t.dtype, t.device), state)
+
+
+def _load(buffers: ModelState, state: ModelState) -> None:
+    """Copy `state` into the tensors of `buffers`, a state of the same signature."""
+    for buffer, value in zip(_leaves(buffers), _leaves(state), strict=True):
+        buffer.copy_(value)
+
+
+class GraphedPieces:
+    """One forward of a [1, piece_len] piece captured as a CUDA graph and replayed for each full piece.
+
+    The graph reads the token ids and the state from static buffers and ends by copying the new state into
+    the state buffers, so every replay advances the stream. `run` returns static outputs: hidden states,
+    logits and a `ModelState` over the state buffers, valid until the next `run` overwrites them.
+    """
+
+    def __init__(self, model: TitansDNA, piece_len: int, precision: str) -> None:
+        if model.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the model on a CUDA device; it is on {model.device} "
+                             "(stream eagerly: cuda_graph=False)")
+        segment = model.config.segment_len
+        if piece_len < 1 or piece_len % segment:
+            # whole segments leave no pending inputs, so every piece sees the same shapes
+            raise ValueError(f"piece_len must be a multiple of segment_len={segment} (> 0), got {piece_len}")
+        self.model, self.piece_len, self.precision = model, piece_len, precision
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._ids: Tensor | None = None
+        self._out: TitansOutput | None = None  # static outputs; .state holds the state buffers
+
+    def run(self, ids: Tensor, state: ModelState) -> TitansOutput:
+        """`step` on ids [1, piece_len] from a `graph_ready` state, as a graph replay (captured on the first
+        call)."""
+        if tuple(ids.shape) != (1, self.piece_len):
+            raise ValueError(f"ids must be [1, {self.piece_len}]; got {tuple(ids.shape)}")
+        if not graph_ready(self.model, state):
+            raise ValueError("a piece from this state changes the state's structure (the stream start, or a "
+                             "MAG/MAL attention tail short of window - 1 rows): run it eagerly")
+        if self._out is None:
+            self._capture(ids, state)
+        if state is not self._out.state:  # not the last replay's state (say an eager piece's): load it
+            if _signature(state) != _signature(self._out.state):
+                raise ValueError("the state's shapes or dtypes differ from those the graph was captured with")
+            _load(self._out.state, state)
+        self._ids.copy_(ids)
+        self._graph.replay()
+        return self._out
+
+    def reset(self) -> None:
+        """Drop the graph and its buffers, freeing their memory; the next `run` captures again."""
+        self._graph = self._ids = self._out = None
+
+    def _step(self, ids: Tensor, state: ModelState) -> TitansOutput:
+        with torch.no_grad(), autocast(self.model.device, self.precision, cache_enabled=False):
+            return step(self.model, ids, state)
+
+    def _capture(self, ids: Tensor, state: ModelState) -> None:
+        """Warm up on a side stream, then capture `step` from static buffers (copies of ids and state; `run`
+        loads the true state into them before every replay that does not continue the last one)."""
+        static_ids, static_state = ids.clone(), _map_tensors(torch.clone, state)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_RUNS):  # step is pure: the static state stays as it is
+                out = self._step(static_ids, static_state)
+        torch.cuda.current_stream().wait_stream(side)
+        if _signature(out.state) != _signature(static_state):
+            raise RuntimeError("a full piece changed the state's structure, which graph_ready ruled out")
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._step(static_ids, static_state)
+            _load(static_state, out.state)
+        self._graph, self._ids = graph, static_ids
+        self._out = TitansOutput(out.hidden_states, out.logits, static_state)

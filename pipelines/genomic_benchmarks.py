@@ -7,7 +7,8 @@ GenomicBenchmarks CNN, the k-mer logistic regression} x seeds, into one results 
 
 Tasks are the files of configs/task/ (minus ``custom``; ``ienhancer`` reports both its deduplicated and its
 original test set). Each (task, model) run is a `titans-dna finetune` run in ``OUT/<task>/<model>/``; a run
-whose metrics.json exists is reused, so an interrupted pipeline continues where it stopped. The table
+whose metrics.json exists is reused, and so is every finished seed of an unfinished run, so an interrupted
+pipeline continues where it stopped. The table
 (``OUT/results.md`` and ``OUT/results.json``) gives the test metric's mean over seeds and, in parentheses,
 its max-min spread, beside DNABERT-2's published GUE figures (labelled as published).
 """

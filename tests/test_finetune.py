@@ -278,3 +278,19 @@ def test_pipeline_merges_seeds_run_as_separate_jobs(data_dir, tmp_path):
     with pytest.raises(ValueError, match="seed 0"):
         pipeline.main([*common, "--table-only", "--out", str(merged), "--merge-from", str(tmp_path / "s0")])
     assert json.loads((merged / pair / "metrics.json").read_text())["seeds"] == [0, 1]
+
+
+def test_an_interrupted_multi_seed_run_resumes_at_the_unfinished_seed(data_dir, tmp_path, capsys):
+    """A seed that finished under the same settings is reused (not retrained); other settings retrain it."""
+    run = tmp_path / "run"
+    argv = ["finetune", "task=gue_tf_1", "model=kmer_logreg", f"data_root={data_dir}", f"run_dir={run}"]
+    options = ["--max-rows", "200", "--no-progress"]
+    assert main([*argv, "seeds=[0]", *options]) == 0
+    seed0 = run / "seed_0" / "metrics.json"
+    written = seed0.stat().st_mtime_ns
+    assert main([*argv, "seeds=[0,1]", *options]) == 0
+    assert seed0.stat().st_mtime_ns == written and "seed 0: reusing" in capsys.readouterr().err
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["seeds"] == [0, 1] and (run / "seed_1" / "metrics.json").is_file()
+    assert main([*argv, "seeds=[0]", "train.patience=5", *options]) == 0
+    assert seed0.stat().st_mtime_ns != written and "reusing" not in capsys.readouterr().err

@@ -4,13 +4,17 @@ the best checkpoint, several seeds reported as mean and max-min spread.
 One loop trains every torch classifier (Titans-DNA + head, the GenomicBenchmarks CNN); the k-mer logistic
 regression is fitted in closed form with C chosen on validation. Each seed writes into ``run_dir/seed_<s>/``:
 ``metrics.json``, ``predictions[_<test set>].tsv``, ``confusion_matrix[_<test set>].png`` and ``model/``;
-``run_dir/metrics.json`` holds the per-seed results and their summary. Every file is written atomically.
+``run_dir/metrics.json`` holds the per-seed results and their summary. Every file is written atomically, and
+a seed that finished under the same settings is reused, so an interrupted run resumes at its first unfinished
+seed.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -243,8 +247,29 @@ def run_seed(
             "init": init,
         }
         save_classifier(model, out_dir / "model", meta)
-    payload = {"task": task.name, "model": label, "seed": seed, "fit": fit, "test": results}
+    payload = {"task": task.name, "model": label, "seed": seed, "fit": fit, "test": results,
+               "run": run_key(kind, model_cfg, options, init, label)}
     write_json(out_dir / "metrics.json", payload)
+    return payload
+
+
+def run_key(kind: str, model_cfg: Mapping, options: FinetuneOptions, init: str | None, label: str) -> dict:
+    """What makes two seed runs comparable: model, initialisation and the options that change the result
+    (not progress bars), as plain JSON. A seed folder is reused only under an equal key."""
+    settings = {k: v for k, v in asdict(options).items() if k not in ("progress", "save_model")}
+    key = {"kind": kind, "model": label, "init": init, "model_cfg": dict(model_cfg), "options": settings}
+    return json.loads(json.dumps(key, default=str))
+
+
+def _finished_seed(seed_dir: Path, key: dict, task_name: str) -> dict | None:
+    """The metrics of a seed that already finished in ``seed_dir`` under the same ``key`` and task (an
+    interrupted multi-seed run resumes at the first unfinished seed), else None."""
+    path = seed_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text())
+    if payload.get("run") != key or payload.get("task") != task_name:
+        return None
     return payload
 
 
@@ -279,10 +304,18 @@ def finetune(
     if not label:
         label = ("titans-pretrained" if init else "titans-scratch") if kind == "titans" else kind
     run_dir = Path(run_dir)
+    key = run_key(kind, model_cfg, options, init, label)
     per_seed = []
     for seed in seeds:
         data = task(seed) if callable(task) else task
-        per_seed.append(run_seed(data, kind, model_cfg, options, seed, run_dir / f"seed_{seed}", init, label))
+        seed_dir = run_dir / f"seed_{seed}"
+        finished = _finished_seed(seed_dir, key, data.name)
+        if finished is not None:
+            print(f"{data.name} {label} seed {seed}: reusing the finished run in {seed_dir} "
+                  "(delete it to rerun)", file=sys.stderr)
+            per_seed.append(finished)
+            continue
+        per_seed.append(run_seed(data, kind, model_cfg, options, seed, seed_dir, init, label))
     summary = _summarize(
         {
             "task": data.name,

@@ -35,7 +35,7 @@ class SwiGLU(nn.Module):
 
 
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """Unit vectors along the last axis (the memory's q and k)."""
+    """Unit vectors along the last axis (the memory's q, k and v)."""
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
 
 

@@ -76,12 +76,21 @@ class TitansMemory(nn.Module):
         self.out_proj = nn.Linear(H * D, d, bias=False)
 
     # ---- features of a stream ---------------------------------------------------------------------------
-    def _conv_silu(self, proj: nn.Linear, weight: Tensor, x: Tensor, tail: Tensor | None) -> Tensor:
+    def _streams(self, x: Tensor, tail: Tensor | None, n: int) -> tuple[Tensor, ...]:
+        """The first n of q, k, v of x [B, T, d], each [B, T, H, D]: l2norm(SiLU(causal depthwise conv(xW))).
+
+        The n streams share one input concatenation, matmul, conv, SiLU and norm over their concatenated
+        weights: at batch 1 (streaming) a segment costs what its number of kernel launches costs.
+        """
         B, T, _ = x.shape
+        c = self.config
         if tail is None:  # start of the stream: zero inputs before it (projections have no bias)
-            tail = x.new_zeros(B, self.config.conv_width - 1, x.shape[-1])
-        y = F.silu(depthwise_conv(proj(torch.cat([tail, x], dim=1)), weight))
-        return y.view(B, T, self.config.n_heads, self.config.head_dim)
+            tail = x.new_zeros(B, c.conv_width - 1, x.shape[-1])
+        projs = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)[:n]
+        convs = (self.conv_q, self.conv_k, self.conv_v)[:n]
+        weight, taps = (projs[0], convs[0]) if n == 1 else (torch.cat(projs), torch.cat(convs))
+        y = F.silu(depthwise_conv(F.linear(torch.cat([tail, x], dim=1), weight), taps))
+        return l2norm(y.view(B, T, n, c.n_heads, c.head_dim)).unbind(2)
 
     def conv_tail(self, tail: Tensor | None, x: Tensor) -> Tensor:
         """The conv tail after the stream has also seen x: its last conv_width - 1 inputs [B, w - 1, d]."""
@@ -91,16 +100,14 @@ class TitansMemory(nn.Module):
 
     def query(self, x: Tensor, tail: Tensor | None) -> Tensor:
         """Unit-norm queries [B, T, H, D] of x [B, T, d] (MAC reads its segment input with these)."""
-        return l2norm(self._conv_silu(self.q_proj, self.conv_q, x, tail))
+        return self._streams(x, tail, 1)[0]
 
     def features(self, x: Tensor, mask: Tensor, tail: Tensor | None) -> MemoryInputs:
         """q, k, v and gates of x [B, T, d]; padding (mask False) gets theta = eta = alpha = 0: no write."""
         H = self.config.n_heads
-        q = self.query(x, tail)
-        k = l2norm(self._conv_silu(self.k_proj, self.conv_k, x, tail))
         # Unit-norm values like the keys: the inner loop's growth rate scales with |v|, and with free-scale
         # values pretraining blew the memory to NaN on a CT-repeat + N-gap stretch of chr20 (|v| ~ 3).
-        v = l2norm(self._conv_silu(self.v_proj, self.conv_v, x, tail))
+        q, k, v = self._streams(x, tail, 3)
         logits = self.gates(x)
         if logits.dtype in (torch.float16, torch.bfloat16):  # 1 - GATE_EPS rounds to 1 in half precision
             logits = logits.float()

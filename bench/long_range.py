@@ -48,6 +48,7 @@ from titans_dna.data.genome import Genome
 from titans_dna.data.paths import shared_data_dir
 from titans_dna.data.tokenizer import BASE_IDS
 from titans_dna.model import TitansConfig, TitansDNA
+from titans_dna.model.retention import forgetting_rates, half_lives
 from titans_dna.model.titans_dna import ModelState
 from titans_dna.train.classifiers import autocast
 from titans_dna.train.inference import load_backbone
@@ -116,6 +117,17 @@ def run(model: TitansDNA, genome: Genome, args: argparse.Namespace) -> list[dict
     return rows
 
 
+def retention(model: TitansDNA, genome: Genome, args: argparse.Namespace, tokens: int = 8192) -> dict:
+    """The memory's forgetting-gate half-life per layer and head on the first trial's background, and what
+    the longest-lived head keeps of a write after each distance D (exp(-D * rate))."""
+    chrom = max(genome.records, key=genome.records.get)
+    ids = genome.fetch_ids(chrom, args.start, args.start + tokens)[0]
+    rates = forgetting_rates(model, torch.from_numpy(ids).to(model.device, torch.long)[None])
+    slowest = float(rates.min())
+    return {"tokens": tokens, "half_life": half_lives(rates).tolist(),
+            "kept_at_distance": {str(d): math.exp(-d * slowest) for d in args.distances}}
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean and spread (max - min) over trials per (distance, variant)."""
     out = []
@@ -167,6 +179,14 @@ def markdown(report: dict) -> str:
     for s in report["summary"]:
         lines.append(f"| {s['distance']:,} | {s['variant']} | {s['loss_first']:.4f} | "
                      f"{s['loss_second']:.4f} | {s['gain']:+.4f} | {s['gain_spread']:.4f} |")
+    r = report["retention"]
+    lines += ["", f"Forgetting-gate half-life in tokens (ln 2 / mean -ln(1 - alpha) over {r['tokens']:,} "
+              "background tokens), per layer, one value per head:", ""]
+    lines += [f"- layer {i}: " + ", ".join(f"{h:,.0f}" for h in heads)
+              for i, heads in enumerate(r["half_life"])]
+    kept = ", ".join(f"D = {int(d):,}: {k:.1e}" for d, k in r["kept_at_distance"].items())
+    lines += ["", "Share of a write that the forgetting gate lets the longest-lived head keep after D tokens "
+              f"(an upper bound: later writes also overwrite it): {kept}."]
     return "\n".join(lines) + "\n"
 
 
@@ -206,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no --checkpoint: a random-init {args.preset} model (numbers mean nothing)", file=sys.stderr)
     if not model.config.causal:
         p.error("the loss on a copy needs a causal (next-token) checkpoint")
-    rows = run(model, Genome(background), args)
+    genome = Genome(background)
+    kept = retention(model, genome, args)
+    rows = run(model, genome, args)
     report = {"model": name, "segment_len": model.config.segment_len, "block": model.config.block,
+              "retention": kept,
               "environment": {"python": platform.python_version(), "torch": torch.__version__,
                               "device": str(device)},
               "config": {k: getattr(args, k) for k in ("distances", "insert", "prefix", "trials", "start",

@@ -29,6 +29,7 @@ class TitansConfig:
     conv_width: int = 4  # depthwise causal convolution on the memory's q, k, v
     theta_max: float = 0.1  # bound of the inner step summed over a chunk (per token: theta_max / chunk_size)
     eta_max: float = 0.9  # bound of the momentum gate: eta near 1 integrates the update twice and diverges
+    alpha_max: float = 1.0  # bound of the forgetting gate per token (1: the paper's); half-life >= ln 2 / it
     window: int = 256  # sliding-window attention span of mag/mal (keys i - window < j <= i)
     mlp_ratio: float = 4.0  # SwiGLU hidden = 2/3 * mlp_ratio * d_model rounded up to 64 (params of a 4x MLP)
     causal: bool = True  # True: next-token model; False: bidirectional inside a segment (MLM)
@@ -68,6 +69,8 @@ class TitansConfig:
             errors.append(f"theta_max must be in (0, 1] (got {self.theta_max!r})")
         if not 0.0 < self.eta_max < 1.0:
             errors.append(f"eta_max must be in (0, 1) (got {self.eta_max!r})")
+        if not 0.0 < self.alpha_max <= 1.0:
+            errors.append(f"alpha_max must be in (0, 1] (got {self.alpha_max!r})")
         if not self.mlp_ratio > 0:
             errors.append(f"mlp_ratio must be > 0 (got {self.mlp_ratio!r})")
         if not 0.0 <= self.dropout < 1.0:

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from titans_dna.model.titans_dna import TitansDNA
-from titans_dna.model.titans_memory import GATE_EPS
 
 
 @torch.no_grad()
@@ -24,9 +23,10 @@ def forgetting_rates(model: TitansDNA, input_ids: Tensor) -> Tensor:
     H, sums, counts = model.config.n_heads, {}, {}
 
     def record(index: int):
+        memory = model.layers[index].block.memory
+
         def hook(_module, _inputs, logits: Tensor) -> None:
-            # the forget gate as TitansMemory.features makes it: the third block of H gate logits
-            alpha = torch.sigmoid(logits[..., 2 * H:].double()).clamp(GATE_EPS, 1.0 - GATE_EPS)
+            alpha = memory.gate_values(logits.double())[2]  # the forgetting gate the op receives
             rate = -torch.log1p(-alpha).reshape(-1, H)
             sums[index] = sums.get(index, 0.0) + rate.sum(0)
             counts[index] = counts.get(index, 0) + rate.shape[0]

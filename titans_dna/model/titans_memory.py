@@ -63,9 +63,9 @@ class TitansMemory(nn.Module):
         bound = 1.0 / math.sqrt(config.conv_width)
         self.conv_q, self.conv_k, self.conv_v = (
             nn.Parameter(torch.empty(H * D, 1, config.conv_width).uniform_(-bound, bound)) for _ in range(3))
-        # theta, eta, alpha logits per head; the biases start theta at a tenth of its bound, eta at 0.9 of its
-        # bound (DESIGN.md starts the unbounded eta at 0.9) and alpha at 0.01 (sigmoid(0) = 0.5 would halve
-        # the memory every token).
+        # theta, eta, alpha logits per head; the biases start each gate at a share of its bound: theta at a
+        # tenth, eta at 0.9 (DESIGN.md starts the unbounded eta at 0.9) and alpha at 0.01 (sigmoid(0) = 0.5
+        # would halve the memory every token).
         self.gates = nn.Linear(d, 3 * H)
         with torch.no_grad():
             self.gates.weight.normal_(0.0, 0.02)
@@ -104,21 +104,27 @@ class TitansMemory(nn.Module):
 
     def features(self, x: Tensor, mask: Tensor, tail: Tensor | None) -> MemoryInputs:
         """q, k, v and gates of x [B, T, d]; padding (mask False) gets theta = eta = alpha = 0: no write."""
-        H = self.config.n_heads
         # Unit-norm values like the keys: the inner loop's growth rate scales with |v|, and with free-scale
         # values pretraining blew the memory to NaN on a CT-repeat + N-gap stretch of chr20 (|v| ~ 3).
         q, k, v = self._streams(x, tail, 3)
-        logits = self.gates(x)
+        return MemoryInputs(q, k, v, *self.gate_values(self.gates(x), mask))
+
+    def gate_values(self, logits: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """theta, eta, alpha [B, T, H] (float32 or wider) from the gate projection's logits [B, T, 3H];
+        padding (mask False) gets 0 for all three: no write."""
+        c, H = self.config, self.config.n_heads
         if logits.dtype in (torch.float16, torch.bfloat16):  # 1 - GATE_EPS rounds to 1 in half precision
             logits = logits.float()
-        gates = torch.sigmoid(logits).clamp(GATE_EPS, 1.0 - GATE_EPS) * mask.unsqueeze(-1).to(logits.dtype)
+        gates = torch.sigmoid(logits).clamp(GATE_EPS, 1.0 - GATE_EPS)
+        if mask is not None:
+            gates = gates * mask.unsqueeze(-1).to(logits.dtype)
         theta, eta, alpha = gates[..., :H], gates[..., H: 2 * H], gates[..., 2 * H:]
         # Every token of a chunk steps from the chunk-start weights, so a chunk moves the memory by about
         # sum(theta) / (1 - eta) at once: bounding the per-chunk sum (not the per-token rate) and eta keeps
         # the inner loop stable on low-complexity DNA (near-identical keys), where theta_max = 0.1 per token
-        # or eta -> 1 diverged to NaN within one 256-token segment of real sequence.
-        c = self.config
-        return MemoryInputs(q, k, v, (c.theta_max / c.chunk_size) * theta, c.eta_max * eta, alpha)
+        # or eta -> 1 diverged to NaN within one 256-token segment of real sequence. alpha_max bounds the
+        # forgetting: a write keeps at least (1 - alpha_max)^D of its weight D tokens later.
+        return (c.theta_max / c.chunk_size) * theta, c.eta_max * eta, c.alpha_max * alpha
 
     # ---- the op -----------------------------------------------------------------------------------------
     def write(self, inputs: MemoryInputs, memory: MemoryState | None) -> tuple[Tensor, MemoryState]:

@@ -261,8 +261,10 @@ def test_files_hold_the_stream(tmp_path, seed):
     """HDF5 embeddings, HDF5 and bedGraph tracks (binned), genome coordinates on both strands."""
     model = tiny_model(torch.float32)
     rng = random.Random(seed)
-    genome = Genome({"chrA": "".join(rng.choice("ACGT") for _ in range(250)),
-                     "chrB": "".join(rng.choice("ACGTN") for _ in range(90))})
+    chr_b = [rng.choice("ACGTN") for _ in range(90)]
+    for j in range(12):  # one base in every 7-bp bin of chrB:10-90(-) is scored (stream offset 7j + 1)
+        chr_b[88 - 7 * j] = rng.choice("ACGT")
+    genome = Genome({"chrA": "".join(rng.choice("ACGT") for _ in range(250)), "chrB": "".join(chr_b)})
     regions = [Interval("chrA", 0, 250), Interval("chrB", 10, 90, "-")]
     kw = dict(piece_segments=3, progress=False)
     stream_embed_file(model, genome, regions, tmp_path / "emb.h5", stride=30, **kw)

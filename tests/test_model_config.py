@@ -58,6 +58,29 @@ def test_model_info_cli(capsys):
     assert "total" in capsys.readouterr().out
 
 
+def test_model_info_measures_the_memory_half_life_of_a_checkpoint(data_dir, capsys):
+    """`model-info --checkpoint C --retention FASTA`: half-lives per layer and head, as
+    `titans_dna.model.retention` gives them on the same bases; --retention alone is refused."""
+    from titans_dna.data.genome import Genome
+    from titans_dna.model.retention import forgetting_rates, half_lives
+
+    fasta = data_dir / "genomes" / "phage_lambda_NC_001416.fa"
+    argv = ["model-info", "--checkpoint", "titans-dna-small", "--retention", str(fasta),
+            "--retention-bases", "1024"]
+    assert main([*argv, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = TitansDNA.from_pretrained("titans-dna-small").float().eval()
+    genome = Genome(fasta)
+    ids = torch.from_numpy(genome.fetch_ids(next(iter(genome.records)), 0, 1024)[0]).long()[None]
+    torch.testing.assert_close(torch.tensor(info["half_life"], dtype=torch.float64),
+                               half_lives(forgetting_rates(model, ids)))
+    assert info["total"] == model.num_parameters() and info["block"] == "mac"
+    assert main(argv) == 0
+    assert "layer 5:" in capsys.readouterr().out
+    assert main(["model-info", "--retention", str(fasta)]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+
+
 def test_from_pretrained_unknown_name_lists_shipped_models():
     with pytest.raises(FileNotFoundError, match="shipped models"):
         TitansDNA.from_pretrained("no-such-model")

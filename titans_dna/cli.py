@@ -43,13 +43,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _add_model_info(subparsers) -> None:
     p = subparsers.add_parser(
-        "model-info", help="parameter counts of a model preset, per component",
-        description="Build a preset (on the meta device: no memory used) and print its parameters per "
-        "component.",
+        "model-info", help="parameter counts of a model preset or checkpoint, per component",
+        description="Build a preset (on the meta device: no memory used), or load a checkpoint, and print "
+        "its parameters per component. With --retention, also how long the checkpoint's memory keeps a "
+        "write: the forgetting gate's half-life in tokens per layer and head, measured on real sequence.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--preset", choices=("tiny", "small", "base"), default="tiny", help="model size preset")
     p.add_argument("--block", choices=("mac", "mag", "mal", "lmm"), default="mac", help="Titans block")
+    p.add_argument("--checkpoint", default=None,
+                   help="a saved model (folder or shipped name) instead of a preset")
+    p.add_argument("--retention", metavar="FASTA", default=None,
+                   help="with --checkpoint: measure the memory's half-life on the first record of FASTA")
+    p.add_argument("--retention-bases", type=int, default=8192, help="bases of that record to read")
+    p.add_argument("--device", default="cpu", help="device for --retention")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_run_model_info)
 
@@ -61,21 +68,48 @@ def _run_model_info(args: argparse.Namespace) -> int:
 
     from titans_dna.model import TitansConfig, TitansDNA
 
-    config = TitansConfig.preset(args.preset, block=args.block)
-    with torch.device("meta"):
-        model = TitansDNA(config)
+    if args.retention and not args.checkpoint:
+        raise ValueError("--retention measures a trained memory: give --checkpoint too")
+    if args.checkpoint:
+        from titans_dna.train.inference import load_backbone
+
+        model, name = load_backbone(args.checkpoint, _device(args.device)), args.checkpoint
+    else:
+        with torch.device("meta"):
+            model = TitansDNA(TitansConfig.preset(args.preset, block=args.block))
+        name = args.preset
+    config = model.config
     counts, total = model.parameter_counts(), model.num_parameters()
+    half_life = _memory_half_life(model, args.retention, args.retention_bases) if args.retention else None
     if args.json:
-        print(json.dumps({"preset": args.preset, "block": args.block, "config": config.to_dict(),
-                          "parameters": counts, "total": total}, indent=2))
+        print(json.dumps({"model": name, "block": config.block, "config": config.to_dict(),
+                          "parameters": counts, "total": total, "half_life": half_life}, indent=2))
         return 0
-    print(f"{args.preset} / {args.block}: d_model {config.d_model}, {config.n_layers} layers, "
+    print(f"{name} / {config.block}: d_model {config.d_model}, {config.n_layers} layers, "
           f"{config.n_heads} heads x {config.head_dim}, memory depth {config.memory_depth} "
           f"(x{config.memory_expansion}), chunk {config.chunk_size}, segment {config.segment_len}")
-    for name, n in counts.items():
-        print(f"  {name:<12}{n:>14,}")
+    for component, n in counts.items():
+        print(f"  {component:<12}{n:>14,}")
     print(f"  {'total':<12}{total:>14,}")
+    if half_life is not None:
+        print(f"memory half-life in tokens (forgetting gate, {args.retention}), one value per head:")
+        for i, heads in enumerate(half_life):
+            print(f"  layer {i}: " + ", ".join(f"{h:,.0f}" for h in heads))
     return 0
+
+
+def _memory_half_life(model, fasta: str, bases: int) -> list[list[float]]:
+    """Half-life per layer and head of the model's memory over the first `bases` of FASTA's first record."""
+    import torch
+
+    from titans_dna.data.genome import Genome
+    from titans_dna.model.retention import forgetting_rates, half_lives
+
+    genome = Genome(fasta)
+    chrom, length = next(iter(genome.records.items()))
+    ids, _ = genome.fetch_ids(chrom, 0, min(bases, length))
+    tokens = torch.from_numpy(ids).to(model.device, torch.long)[None]
+    return half_lives(forgetting_rates(model, tokens)).tolist()
 
 
 def _add_info(subparsers) -> None:

@@ -20,8 +20,10 @@ from titans_dna.cli import main
 from titans_dna.data.bed import Interval
 from titans_dna.data.genome import Genome
 from titans_dna.data.tokenizer import BASE_IDS
-from titans_dna.model import TitansConfig, TitansDNA
-from titans_dna.model.graphed import _leaves, _load, _map_tensors, _signature, graph_ready, initial_state
+from titans_dna.kernels.titans_memory.common import state_dtype
+from titans_dna.model import ModelState, TitansConfig, TitansDNA
+from titans_dna.model.blocks import BlockState, MACBlock, MAGBlock, MALBlock
+from titans_dna.model.graphed import _leaves, _load, _map_tensors, _signature, graph_ready
 from titans_dna.model.graphed import step as graph_step
 from titans_dna.model.heads import pool
 from titans_dna.train.inference import log_likelihood
@@ -108,6 +110,30 @@ def test_stream_equals_whole_sequence(block, monkeypatch, seed):
         assert stream.scored == int(scored) == int((~ll.isnan()).sum())
         assert stream.log_likelihood == pytest.approx(float(ll.nansum()), abs=1e-9)
         assert stream.log_likelihood == pytest.approx(float(total), rel=1e-6)  # inference scores in float32
+
+
+def initial_state(model: TitansDNA, batch: int = 1) -> ModelState:
+    """The stream start as an explicit state, equal in effect to ``state=None``: memory W = W_0 and S = 0
+    ([B, H, out, in] in the op's state dtype), zero conv tails, empty MAG/MAL attention tails (None keeps
+    no rows either) and no pending inputs."""
+    c, device, dtype = model.config, model.device, model.dtype
+
+    def rows(n: int) -> torch.Tensor:
+        return torch.zeros(batch, n, c.d_model, device=device, dtype=dtype)
+
+    layers = []
+    for layer in model.layers:
+        block = layer.block
+        ws = tuple(w.to(state_dtype(w)).expand(batch, *w.shape).clone() for w in block.memory.weights)
+        layers.append(BlockState(
+            memory=(ws, tuple(torch.zeros_like(w) for w in ws)),
+            conv_x=rows(c.conv_width - 1),
+            conv_y=rows(c.conv_width - 1) if isinstance(block, MACBlock) else None,
+            attn=rows(0) if isinstance(block, (MAGBlock, MALBlock)) else None,
+            pending=rows(0),
+            pending_mask=torch.zeros(batch, 0, dtype=torch.bool, device=device),
+        ))
+    return ModelState(layers)
 
 
 class NoSync(TorchFunctionMode):

@@ -19,36 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from titans_dna.kernels.titans_memory.common import state_dtype
-from titans_dna.model.blocks import BlockState, MACBlock, MAGBlock, MALBlock
 from titans_dna.model.titans_dna import ModelState, TitansDNA, TitansOutput
 from titans_dna.train.classifiers import autocast
 
 WARMUP_RUNS = 2  # on a side stream before capture (the CUDA graphs recipe): lazy initialisation stays out
-
-
-def initial_state(model: TitansDNA, batch: int = 1) -> ModelState:
-    """The stream start as an explicit state, equal in effect to ``state=None``: memory W = W_0 and S = 0
-    ([B, H, out, in] in the op's state dtype), zero conv tails, empty MAG/MAL attention tails (None keeps
-    no rows either) and no pending inputs."""
-    c, device, dtype = model.config, model.device, model.dtype
-
-    def rows(n: int) -> Tensor:
-        return torch.zeros(batch, n, c.d_model, device=device, dtype=dtype)
-
-    layers = []
-    for layer in model.layers:
-        block = layer.block
-        ws = tuple(w.to(state_dtype(w)).expand(batch, *w.shape).clone() for w in block.memory.weights)
-        layers.append(BlockState(
-            memory=(ws, tuple(torch.zeros_like(w) for w in ws)),
-            conv_x=rows(c.conv_width - 1),
-            conv_y=rows(c.conv_width - 1) if isinstance(block, MACBlock) else None,
-            attn=rows(0) if isinstance(block, (MAGBlock, MALBlock)) else None,
-            pending=rows(0),
-            pending_mask=torch.zeros(batch, 0, dtype=torch.bool, device=device),
-        ))
-    return ModelState(layers)
 
 
 def step(model: TitansDNA, ids: Tensor, state: ModelState | None) -> TitansOutput:

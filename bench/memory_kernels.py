@@ -22,9 +22,12 @@ import argparse
 import json
 import math
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -330,11 +333,16 @@ def run_peak(path: Path) -> None:
     path.write_text(json.dumps(rec, indent=1))
 
 
-def child(args: list[str], cap: float, log) -> int:
-    """Run this script as a subprocess task under a wall-clock cap, its output teed to the log."""
+LOG_LOCK = threading.Lock()  # peers on several GPUs finish in any order
+
+
+def child(args: list[str], cap: float, log, gpu: str | None = None) -> int:
+    """Run this script as a subprocess task under a wall-clock cap (on one GPU of the host when `gpu` is
+    given), its output teed to the log."""
     cmd = [sys.executable, "-u", os.path.abspath(__file__), *args]
     cmd += ["--allow-gdn-bwd"] if "--allow-gdn-bwd" in sys.argv else []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     t0 = time.time()
     try:
         out, _ = proc.communicate(timeout=cap)
@@ -342,11 +350,38 @@ def child(args: list[str], cap: float, log) -> int:
         proc.kill()
         out, _ = proc.communicate()
         out += f"\n[bench] {' '.join(args)}: killed at the {cap:.0f} s cap\n"
-    print(out, end="", flush=True)
-    log.write(out)
-    log.flush()
-    print(f"[bench] {' '.join(args)}: rc {proc.returncode} in {time.time() - t0:.0f} s", flush=True)
+    with LOG_LOCK:
+        print(out, end="", flush=True)
+        log.write(out)
+        log.flush()
+        where = f" on GPU {gpu}" if gpu is not None else ""
+        print(f"[bench] {' '.join(args)}: rc {proc.returncode} in {time.time() - t0:.0f} s{where}",
+              flush=True)
     return proc.returncode
+
+
+def run_peers(specs: list[str], a: argparse.Namespace, out: Path, log) -> dict:
+    """Time each peer in its own subprocess; with several --gpus, peers run side by side, one per GPU of
+    the host (same card model: the timings stay comparable, and the run takes a fraction of the time)."""
+    gpus: queue.Queue = queue.Queue()
+    for gpu in a.gpus.split(",") if a.gpus else [None]:
+        gpus.put(gpu)
+
+    def one(spec: str) -> tuple[str, dict]:
+        peer, _, own = spec.partition(":")  # "naive:32768/131072" times those lengths only
+        path = out / f"peer_{peer}.json"
+        gpu = gpus.get()
+        try:
+            args = ["--task", "peer", "--peer", peer, "--json", str(path), "--lengths",
+                    own.replace("/", ",") if own else a.lengths,
+                    "--long", a.long if peer in a.long_peers.split(",") else ""]
+            child(args, CAPS.get(peer, 120), log, gpu)
+        finally:
+            gpus.put(gpu)
+        return peer, load(path)
+
+    with ThreadPoolExecutor(max_workers=gpus.qsize()) as pool:
+        return dict(pool.map(one, specs))
 
 
 def precompile(jobs: list[tuple[int, str, str]], cap: float) -> float:
@@ -465,6 +500,8 @@ def main(argv=None) -> int:
     p.add_argument("--stability", action="store_true", help="1M-token stability run")
     p.add_argument("--sweep", default="", help="JSON list of kernel_config overrides to time (ours, bf16)")
     p.add_argument("--sweep-lengths", default="32768,131072", help="lengths for --sweep")
+    p.add_argument("--gpus", default="", help="GPU indices to spread the peers over, e.g. 0,1,2 (default: "
+                   "one after another on the visible device)")
     p.add_argument("--allow-gdn-bwd", action="store_true", help="lift fla's Hopper guard (timing only)")
     p.add_argument("--task", help=argparse.SUPPRESS)
     p.add_argument("--peer", help=argparse.SUPPRESS)
@@ -509,13 +546,7 @@ def main(argv=None) -> int:
         if a.stability:
             child(["--task", "stability", "--json", str(out / "stability.json")], 120, log)
             res["stability"] = load(out / "stability.json")
-        for spec in filter(None, a.peers.split(",")):
-            peer, _, own = spec.partition(":")  # "naive:32768/131072" times those lengths only
-            path = out / f"peer_{peer}.json"
-            child(["--task", "peer", "--peer", peer, "--json", str(path), "--lengths",
-                   own.replace("/", ",") if own else a.lengths,
-                   "--long", a.long if peer in a.long_peers.split(",") else ""], CAPS.get(peer, 120), log)
-            res["peers"][peer] = load(path)
+        res["peers"] = run_peers([spec for spec in a.peers.split(",") if spec], a, out, log)
     (out / "results.json").write_text(json.dumps(res, indent=1))
     (out / "results.md").write_text(markdown(res))
     print(markdown(res), flush=True)

@@ -99,9 +99,9 @@ def test_stratified_partition_is_seeded_disjoint_and_balanced(seed):
     }
 
 
-def _task(name: str, *overrides: str):
+def _task(name: str, *overrides: str, seed: int = 0):
     cfg = compose_config([f"task={name}", *overrides], base_overrides=["train=finetune"])
-    return load_task(cfg.task, lambda p: data_path(cfg, p), seed=0)
+    return load_task(cfg.task, lambda p: data_path(cfg, p), seed=seed)
 
 
 def test_ienhancer_drops_the_100_duplicated_test_enhancers(data_dir):
@@ -110,6 +110,9 @@ def test_ienhancer_drops_the_100_duplicated_test_enhancers(data_dir):
     assert len(task.tests["test"]) == 300 and len(task.tests["test_original"]) == 400
     assert (task.tests["test"].labels == 1).sum() == 100  # the duplicates are all enhancers
     assert len(task.train) + len(task.valid) == 2968 and abs(len(task.valid) - 297) <= 1
+    # validation is drawn from train with the run seed: other rows, the same description (seeds merge)
+    other = _task("ienhancer", f"data_root={data_dir}", seed=1)
+    assert other.valid.names != task.valid.names and other.info == task.info
 
 
 def test_genomic_benchmarks_proxy_split_is_fixed_70_10_20(data_dir):

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from safetensors.torch import load_file
 
 from titans_dna.cli import main
@@ -138,3 +139,21 @@ def test_nonfinite_loss_skips_the_update_and_a_run_of_them_stops(tmp_path, data_
     stopped = compose_config([*overrides, f"run_dir={tmp_path / 'stopped'}", "train.max_nonfinite_steps=0"])
     with pytest.raises(FloatingPointError, match="non-finite for 1 steps in a row at step 1"):
         pretrain(stopped)
+
+
+def test_warm_start_continues_from_a_checkpoint_with_new_settings(tmp_path, data_dir, seed):
+    """init=CHECKPOINT starts from its weights under this run's model config (a smaller alpha_max here); a
+    checkpoint of other shapes is refused by name."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = [*MICRO, f"seed={seed}", "train.val_every=100", "train.checkpoint_every=100"]
+    assert main(["pretrain", *common, f"run_dir={first}", "train.max_steps=8"]) == 0
+    assert main(["pretrain", *common, f"run_dir={second}", "train.max_steps=1", f"init={first}/checkpoint",
+                 "model.alpha_max=0.001"]) == 0
+    scratch = [float(r["loss"]) for r in read_metrics(first) if r["split"] == "train"]
+    warm = [float(r["loss"]) for r in read_metrics(second) if r["split"] == "train"]
+    assert warm[0] < scratch[0] - 0.3, (warm, scratch)  # its step 1 already has the trained weights
+    assert TitansDNA.from_pretrained(second / "checkpoint").config.alpha_max == 0.001
+
+    other = compose_config([*common, "model.d_model=32", "model.head_dim=16"])
+    with pytest.raises(ValueError, match=f"init={first}/checkpoint: its weights do not fit"):
+        pretrain_module.warm_start(TitansDNA(instantiate(other.model)), f"{first}/checkpoint")

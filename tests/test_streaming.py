@@ -232,9 +232,6 @@ class CpuGraph:
         self.runs += 1
         return self.out
 
-    def reset(self) -> None:
-        self.out = None
-
 
 @pytest.mark.parametrize("block", ["mac", "mal"])
 def test_graphed_stream_equals_eager_stream(block, monkeypatch, seed):
@@ -253,6 +250,29 @@ def test_graphed_stream_equals_eager_stream(block, monkeypatch, seed):
                                    torch.cat([getattr(p, key) for p in eager]), equal_nan=True, **EXACT)
     torch.testing.assert_close(streams[1].embedding, streams[0].embedding, **EXACT)
     assert streams[1].log_likelihood == pytest.approx(streams[0].log_likelihood, rel=1e-12)
+
+
+def test_streams_of_a_model_share_one_graph(monkeypatch, seed):
+    """Every stream of a model replays the one graph captured first (a capture per stream leaked GPU memory);
+    a later stream, on other bases, loads its own state into the shared buffers and matches eager streaming.
+    Weights in new storage get a new graph."""
+    monkeypatch.setattr(streaming, "GraphedPieces", CpuGraph)
+    model = tiny_model()
+    rng = random.Random(seed)
+    genome = Genome({name: "".join(rng.choice("ACGT") for _ in range(200)) for name in ("chrA", "chrB")})
+    first, second = (RegionStream(model, genome, Interval(name, 0, 200), piece_segments=2, cuda_graph=True)
+                     for name in ("chrA", "chrB"))
+    assert first.graphed is second.graphed
+    list(first)
+    graphed = list(second)
+    eager = list(RegionStream(model, genome, Interval("chrB", 0, 200), piece_segments=2, cuda_graph=False))
+    torch.testing.assert_close(torch.cat([p.loglik for p in graphed]), torch.cat([p.loglik for p in eager]),
+                               equal_nan=True, **EXACT)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
+    assert RegionStream(model, genome, Interval("chrA", 0, 200), piece_segments=2,
+                        cuda_graph=True).graphed is not first.graphed
 
 
 def test_cuda_graph_needs_a_cuda_model():
@@ -281,6 +301,19 @@ def test_cuda_graph_stream_equals_eager_stream(block, precision, seed):
                                    torch.cat([getattr(p, key) for p in eager]), equal_nan=True, **tol)
     torch.testing.assert_close(streams[1].embedding, streams[0].embedding, **tol)
     assert streams[1].log_likelihood == pytest.approx(streams[0].log_likelihood, rel=tol["rtol"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_streams_leave_no_memory_behind(seed):
+    """Streams after the first (which captures the model's graph) hold no more GPU memory when done."""
+    model = tiny_model(torch.float32).cuda()
+    genome = Genome({"chrA": "".join(random.Random(seed).choice("ACGT") for _ in range(1000))})
+    held = []
+    for _ in range(4):
+        list(RegionStream(model, genome, Interval("chrA", 0, 1000), piece_segments=2, cuda_graph=True))
+        torch.cuda.synchronize()
+        held.append(torch.cuda.memory_allocated())
+    assert held[1:] == [held[1]] * 3, held
 
 
 def test_files_hold_the_stream(tmp_path, seed):

@@ -108,10 +108,6 @@ class GraphedPieces:
         self._graph.replay()
         return self._out
 
-    def reset(self) -> None:
-        """Drop the graph and its buffers, freeing their memory; the next `run` captures again."""
-        self._graph = self._ids = self._out = None
-
     def _step(self, ids: Tensor, state: ModelState) -> TitansOutput:
         with torch.no_grad(), autocast(self.model.device, self.precision, cache_enabled=False):
             return step(self.model, ids, state)

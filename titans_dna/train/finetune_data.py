@@ -175,7 +175,9 @@ def load_task(
         else:
             fit, held = stratified_partition(train.labels, [1 - valid_fraction, valid_fraction], seed)
             train, valid = train.subset(fit), train.subset(held)
-            info["validation"] = f"stratified {valid_fraction:g} of train, seed {seed}"
+            # The split seed is each run's seed; leaving it out keeps ``info`` equal across seeds, so runs of
+            # single seeds merge (finetune.merge_summaries).
+            info["validation"] = f"stratified {valid_fraction:g} of train, drawn with the run seed"
     for part_name, part in (("train", train), ("valid", valid), ("test", test)):
         if len(part) and (part.labels.min() < 0 or part.labels.max() >= num_classes):
             raise ValueError(

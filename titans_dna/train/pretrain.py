@@ -2,7 +2,8 @@
 
 Causal next-token or MLM objective on genome windows; AdamW with warm-up + cosine; bf16 autocast on CUDA;
 gradient clipping and accumulation; sequence-length warm-up; periodic validation on held-out windows;
-atomic, exactly resumable checkpoints; CSV / TensorBoard / PNG logs; DDP or FSDP under torchrun.
+atomic, exactly resumable checkpoints; a warm start from a checkpoint (``init``); CSV / TensorBoard / PNG
+logs; DDP or FSDP under torchrun.
 Run folder: ``config.yaml``, ``metrics.csv``, ``tb/``, ``loss_curves.png``, ``train_state.pt`` (resume)
 and ``checkpoint/`` (the weights, ``TitansDNA.from_pretrained``-loadable).
 """
@@ -35,6 +36,17 @@ from titans_dna.train.logging_utils import RunLogger, perplexity
 from titans_dna.train.objectives import make_batch, weighted_lm_loss
 from titans_dna.train.pretrain_data import EpochIndexed, build_datasets
 from titans_dna.train.schedule import seq_len_at, split_windows, warmup_cosine
+
+
+def warm_start(model: TitansDNA, init: str) -> None:
+    """Copy the weights of ``init`` (a checkpoint folder or a shipped name) into ``model``, which keeps its
+    own config: continued pretraining can change settings that are not weights (``alpha_max``, windows,
+    checkpointing), never the shapes."""
+    source = TitansDNA.from_pretrained(init)
+    try:
+        model.load_state_dict(source.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"init={init}: its weights do not fit this run's model config ({err})") from None
 
 
 def pretrain(cfg: DictConfig) -> dict:
@@ -74,7 +86,10 @@ def pretrain(cfg: DictConfig) -> dict:
         raise ValueError(
             f"pretraining needs a Titans model preset (model=tiny|small|base), got {type(model_cfg)}"
         )
-    model = wrap_model(TitansDNA(model_cfg).to(info.device), tc.strategy, info)
+    model = TitansDNA(model_cfg)
+    if cfg.get("init") and not tc.resume:  # a resumed run restores its own weights below
+        warm_start(model, cfg.init)
+    model = wrap_model(model.to(info.device), tc.strategy, info)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2]},

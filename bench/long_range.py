@@ -38,6 +38,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,12 +89,11 @@ def build_sequence(background: np.ndarray, insert: np.ndarray, prefix: int, dist
     return np.concatenate([background[:prefix], insert, gap, insert])
 
 
-def run(model: TitansDNA, genome: Genome, args: argparse.Namespace) -> list[dict]:
+def run(model: TitansDNA, genome: Genome, args: argparse.Namespace) -> Iterator[dict]:
     chrom = max(genome.records, key=genome.records.get)
     rng = np.random.default_rng(args.seed)
     device, precision = model.device, "bf16" if model.device.type == "cuda" else "fp32"
     span = args.prefix + max(args.distances)
-    rows = []
     for trial in range(args.trials):
         lo = args.start + trial * span
         if lo + span > genome.records[chrom]:
@@ -109,12 +109,10 @@ def run(model: TitansDNA, genome: Genome, args: argparse.Namespace) -> list[dict
             for variant in VARIANTS:
                 start = time.perf_counter()
                 ll = token_logliks(model, seq, variant == "memory_reset", args.piece_segments, precision)
-                rows.append({"trial": trial, "distance": distance, "variant": variant, "background_start": lo,
-                             "loss_first": -float(ll[first].mean()), "loss_second": -float(ll[second].mean()),
-                             "loss_background": -float(ll[1:args.prefix].mean()), "tokens": int(seq.shape[0]),
-                             "seconds": time.perf_counter() - start})
-                print(json.dumps(rows[-1]), flush=True)
-    return rows
+                yield {"trial": trial, "distance": distance, "variant": variant, "background_start": lo,
+                       "loss_first": -float(ll[first].mean()), "loss_second": -float(ll[second].mean()),
+                       "loss_background": -float(ll[1:args.prefix].mean()), "tokens": int(seq.shape[0]),
+                       "seconds": time.perf_counter() - start}
 
 
 def retention(model: TitansDNA, genome: Genome, args: argparse.Namespace, tokens: int = 8192) -> dict:
@@ -134,6 +132,8 @@ def summarise(rows: list[dict]) -> list[dict]:
     for distance in sorted({r["distance"] for r in rows}):
         for variant in VARIANTS:
             group = [r for r in rows if r["distance"] == distance and r["variant"] == variant]
+            if not group:  # a partial report: this variant has not run at this distance yet
+                continue
             gain = [r["loss_first"] - r["loss_second"] for r in group]
             out.append({"distance": distance, "variant": variant, "trials": len(group),
                         "loss_first": float(np.mean([r["loss_first"] for r in group])),
@@ -227,21 +227,23 @@ def main(argv: list[str] | None = None) -> int:
     if not model.config.causal:
         p.error("the loss on a copy needs a causal (next-token) checkpoint")
     genome = Genome(background)
-    kept = retention(model, genome, args)
-    rows = run(model, genome, args)
     report = {"model": name, "segment_len": model.config.segment_len, "block": model.config.block,
-              "retention": kept,
+              "retention": retention(model, genome, args),
               "environment": {"python": platform.python_version(), "torch": torch.__version__,
                               "device": str(device)},
               "config": {k: getattr(args, k) for k in ("distances", "insert", "prefix", "trials", "start",
                                                        "seed")} | {"background": background},
-              "rows": rows, "summary": summarise(rows)}
+              "rows": [], "summary": []}
     out = Path(args.out or os.environ.get("OUT") or "bench_out")
+    for row in run(model, genome, args):  # saved after every row: a time cap keeps what finished
+        print(json.dumps(row), flush=True)
+        report["rows"].append(row)
+        report["summary"] = summarise(report["rows"])
+        atomic_write_text(out / "long_range.json", json.dumps(report, indent=1))
+        atomic_write_text(out / "long_range.md", markdown(report))
     plot(report["summary"], out / "long_range.png", f"{name} ({model.config.block}): {args.insert} bp "
          f"repeated D bp later, memory carried vs reset each segment")
-    atomic_write_text(out / "long_range.json", json.dumps(report, indent=1))
     print(markdown(report))
-    atomic_write_text(out / "long_range.md", markdown(report))
     return 0
 
 

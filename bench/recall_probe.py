@@ -1,0 +1,109 @@
+"""Can the memory learn recall beyond the attention segment when it is trained for exactly that? (issue 6)
+
+A mechanism probe on synthetic DNA, apart from genomic data: uniform random ACGT background, an L-base random
+insert at position p and again at p + D, the causal loss on every position. The background is unpredictable
+(ln 4 = 1.386 nats per base); only the second copy can be learned, and only by carrying the first one over D
+tokens. With D inside one MAC segment attention can copy it (the positive control); with D several segments
+away only the long-term memory can. The log reports the loss on both copies (bases 2..L-1) as training goes.
+
+    python bench/recall_probe.py --distance 160 --steps 1500 --out OUT   # 2-3 segments past attention
+    python bench/recall_probe.py --distance 32 --steps 600 --out OUT     # control: inside one segment
+Writes recall_probe.json (the loss curve and the settings) to --out (default $OUT, else ./bench_out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from titans_dna.data.atomic import atomic_write_text
+from titans_dna.data.tokenizer import BASE_IDS
+from titans_dna.model import TitansConfig, TitansDNA
+
+
+def make_batch(batch: int, length: int, insert: int, distance: int, gen: torch.Generator):
+    """ids [batch, length] of random bases with an insert at p and its copy at p + distance; p [batch]."""
+    bases = torch.tensor(BASE_IDS)
+    ids = bases[torch.randint(0, 4, (batch, length), generator=gen)]
+    starts = torch.randint(8, length - distance - insert - 1, (batch,), generator=gen)
+    copy = bases[torch.randint(0, 4, (batch, insert), generator=gen)]
+    span = torch.arange(insert)
+    rows = torch.arange(batch)[:, None]
+    ids[rows, starts[:, None] + span] = copy
+    ids[rows, starts[:, None] + distance + span] = copy
+    return ids, starts
+
+
+def copy_loss(logp: torch.Tensor, starts: torch.Tensor, offset: int, insert: int) -> float:
+    """Mean loss on bases 2..insert-1 of the copy at starts + offset (logp[:, t] = log p(ids[t + 1]))."""
+    span = torch.arange(1, insert - 1)
+    picked = logp[torch.arange(logp.shape[0])[:, None], starts[:, None] + offset + span]
+    return float(-picked.mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--distance", type=int, default=160, help="D, tokens from the first copy to the second")
+    p.add_argument("--steps", type=int, default=1500, help="optimizer steps")
+    p.add_argument("--length", type=int, default=384, help="tokens per sequence")
+    p.add_argument("--insert", type=int, default=24, help="bases in the repeated insert")
+    p.add_argument("--batch", type=int, default=16, help="sequences per step")
+    p.add_argument("--block", default="mac", help="mac | mag | mal | lmm")
+    p.add_argument("--alpha-max", type=float, default=1e-3, help="forgetting-gate bound per token")
+    p.add_argument("--theta-max", type=float, default=0.1, help="inner-step bound summed over a chunk")
+    p.add_argument("--theta-start", type=float, default=None,
+                   help="share of --theta-max the inner-step gate starts at (default: the model's 0.1)")
+    p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
+    p.add_argument("--log-every", type=int, default=25, help="steps between log rows")
+    p.add_argument("--seed", type=int, default=0, help="model init and data")
+    p.add_argument("--out", default=None, help="output folder (default: $OUT, else ./bench_out)")
+    args = p.parse_args(argv)
+    if args.length < args.distance + args.insert + 10:
+        p.error("--length must hold both copies: >= distance + insert + 10")
+    torch.manual_seed(args.seed)
+    # A tiny model: 64-token segments and windows, so D = 160 is 2-3 segments past attention's reach.
+    config = TitansConfig(d_model=64, n_layers=2, n_heads=2, head_dim=32, segment_len=64, chunk_size=16,
+                          window=64, n_persistent=4, alpha_max=args.alpha_max, theta_max=args.theta_max,
+                          block=args.block, memory_backend="naive")
+    model = TitansDNA(config)
+    if args.theta_start is not None:  # the gate biases: theta first, one per head (TitansMemory.gates)
+        logit = math.log(args.theta_start / (1 - args.theta_start))
+        with torch.no_grad():
+            for layer in model.layers:
+                layer.block.memory.gates.bias[:config.n_heads] = logit
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    out = Path(args.out or os.environ.get("OUT") or "bench_out")
+    report = {"config": vars(args), "model": {"parameters": model.num_parameters(), "segment_len": 64},
+              "environment": {"python": platform.python_version(), "torch": torch.__version__}, "log": []}
+    start = time.perf_counter()
+    for step in range(1, args.steps + 1):
+        ids, starts = make_batch(args.batch, args.length, args.insert, args.distance, gen)
+        logits = model(ids[:, :-1]).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        loss = -logp.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % args.log_every == 0 or step == args.steps:
+            logp = logp.detach()
+            row = {"step": step, "loss": loss.item(), "first_copy": copy_loss(logp, starts, 0, args.insert),
+                   "second_copy": copy_loss(logp, starts, args.distance, args.insert),
+                   "seconds": time.perf_counter() - start}
+            report["log"].append(row)
+            print(json.dumps(row), flush=True)
+            atomic_write_text(out / "recall_probe.json", json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,10 @@
-"""Helpers shared by the data-layer tests: an isolated cache folder and small file builders."""
+"""Helpers shared by the data-layer tests: an isolated cache folder and small file builders; and the loader of
+the repo's scripts (pipelines/, bench/) as modules."""
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -41,3 +43,12 @@ def copy_shared(src: Path, folder: Path) -> Path:
 def listing(folder: Path) -> list[str]:
     """Names in ``folder``, sorted: to assert that nothing (no partial output, no temp file) was left."""
     return sorted(p.name for p in folder.iterdir())
+
+
+def load_script(relative: str):
+    """A script of the repo (``pipelines/x.py``, ``bench/x.py``: scripts, not a package) as a module."""
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem + "_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,7 +3,6 @@ tiny end-to-end `titans-dna finetune` on a real GUE subsample (CPU, a few steps)
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_helpers import load_script
 
 from titans_dna.cli import main
 from titans_dna.train.classifiers import load_classifier, predict_proba
@@ -252,19 +252,10 @@ def test_grad_checkpointing_trains_the_same_weights_and_leaves_the_config(seed, 
         torch.testing.assert_close(weights[1][name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def _pipeline():
-    """pipelines/genomic_benchmarks.py as a module (pipelines are scripts, not a package)."""
-    path = Path(__file__).resolve().parents[1] / "pipelines" / "genomic_benchmarks.py"
-    spec = importlib.util.spec_from_file_location("genomic_benchmarks_pipeline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_pipeline_merges_seeds_run_as_separate_jobs(data_dir, tmp_path):
     """Seeds run apart and merged give the summary of one run over both seeds; a seed merged twice is
     refused before anything is written."""
-    pipeline = _pipeline()
+    pipeline = load_script("pipelines/genomic_benchmarks.py")
     common = ["--tasks", "gue_tf_1", "--models", "kmer", "--max-rows", "200", "--no-progress",
               f"data_root={data_dir}"]
     for seeds, out in (([0, 1], "both"), ([0], "s0"), ([1], "s1")):

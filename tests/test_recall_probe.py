@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
+from data_helpers import load_script
 
 from titans_dna.data.tokenizer import BASE_IDS
 
 
-def _probe():
-    path = Path(__file__).resolve().parents[1] / "bench" / "recall_probe.py"
-    spec = importlib.util.spec_from_file_location("recall_probe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_batch_repeats_the_insert_and_the_loss_reads_it(seed):
-    probe = _probe()
+    probe = load_script("bench/recall_probe.py")
     gen = torch.Generator().manual_seed(seed)
     ids, starts = probe.make_batch(8, 200, 24, 100, gen)
     assert set(ids.unique().tolist()) <= set(BASE_IDS)
@@ -34,7 +25,8 @@ def test_batch_repeats_the_insert_and_the_loss_reads_it(seed):
 
 
 def test_a_short_run_writes_its_curve(tmp_path):
-    assert _probe().main(["--distance", "32", "--steps", "2", "--length", "96", "--batch", "2",
-                          "--log-every", "1", "--out", str(tmp_path)]) == 0
+    probe = load_script("bench/recall_probe.py")
+    argv = ["--distance", "32", "--steps", "2", "--length", "96", "--batch", "2", "--log-every", "1"]
+    assert probe.main([*argv, "--out", str(tmp_path)]) == 0
     log = json.loads((tmp_path / "recall_probe.json").read_text())["log"]
     assert [row["step"] for row in log] == [1, 2] and all(row["loss"] > 0 for row in log)

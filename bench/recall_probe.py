@@ -49,6 +49,18 @@ def copy_loss(logp: torch.Tensor, starts: torch.Tensor, offset: int, insert: int
     return float(-picked.mean())
 
 
+def start_gates(model: TitansDNA, theta: float | None, eta: float | None) -> None:
+    """Start the inner-step and momentum gates at these shares of their bounds (None: as the model does). The
+    gate biases are [theta per head, eta per head, alpha per head] (TitansMemory.gates)."""
+    heads = model.config.n_heads
+    with torch.no_grad():
+        for layer in model.layers:
+            bias = layer.block.memory.gates.bias
+            for index, share in enumerate((theta, eta)):
+                if share is not None:
+                    bias[index * heads:(index + 1) * heads] = math.log(share / (1 - share))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--distance", type=int, default=160, help="D, tokens from the first copy to the second")
@@ -61,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--theta-max", type=float, default=0.1, help="inner-step bound summed over a chunk")
     p.add_argument("--theta-start", type=float, default=None,
                    help="share of --theta-max the inner-step gate starts at (default: the model's 0.1)")
+    p.add_argument("--eta-start", type=float, default=None,
+                   help="share of eta_max the momentum gate starts at (default: the model's 0.9)")
     p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
     p.add_argument("--log-every", type=int, default=25, help="steps between log rows")
     p.add_argument("--seed", type=int, default=0, help="model init and data")
@@ -74,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                           window=64, n_persistent=4, alpha_max=args.alpha_max, theta_max=args.theta_max,
                           block=args.block, memory_backend="naive")
     model = TitansDNA(config)
-    if args.theta_start is not None:  # the gate biases: theta first, one per head (TitansMemory.gates)
-        logit = math.log(args.theta_start / (1 - args.theta_start))
-        with torch.no_grad():
-            for layer in model.layers:
-                layer.block.memory.gates.bias[:config.n_heads] = logit
+    start_gates(model, args.theta_start, args.eta_start)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed + 1)
     out = Path(args.out or os.environ.get("OUT") or "bench_out")

@@ -8,6 +8,7 @@ import torch
 from data_helpers import load_script
 
 from titans_dna.data.tokenizer import BASE_IDS
+from titans_dna.model import TitansConfig, TitansDNA
 
 
 def test_batch_repeats_the_insert_and_the_loss_reads_it(seed):
@@ -30,3 +31,16 @@ def test_a_short_run_writes_its_curve(tmp_path):
     assert probe.main([*argv, "--out", str(tmp_path)]) == 0
     log = json.loads((tmp_path / "recall_probe.json").read_text())["log"]
     assert [row["step"] for row in log] == [1, 2] and all(row["loss"] > 0 for row in log)
+
+
+def test_gate_starts_set_the_gates_a_model_begins_with():
+    """--theta-start / --eta-start: the memory's first gate values are those shares of their bounds."""
+    probe = load_script("bench/recall_probe.py")
+    config = TitansConfig(d_model=64, n_layers=1, n_heads=2, head_dim=32, segment_len=64, chunk_size=16,
+                          theta_max=0.5, eta_max=0.8)
+    model = TitansDNA(config)
+    probe.start_gates(model, theta=0.3, eta=None)
+    memory = model.layers[0].block.memory
+    share = torch.sigmoid(memory.gates.bias)
+    torch.testing.assert_close(share[:2], torch.full((2,), 0.3))
+    torch.testing.assert_close(share[2:4], torch.full((2,), 0.9))  # the model's own start

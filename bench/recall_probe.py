@@ -8,7 +8,9 @@ away only the long-term memory can. The log reports the loss on both copies (bas
 
     python bench/recall_probe.py --distance 160 --steps 1500 --out OUT   # 2-3 segments past attention
     python bench/recall_probe.py --distance 32 --steps 600 --out OUT     # control: inside one segment
-Writes recall_probe.json (the loss curve and the settings) to --out (default $OUT, else ./bench_out).
+Before training it reports, per layer, the gradient norms of the memory's q, k and v projections from the
+second copy's loss (k and v act only through the write). Writes recall_probe.json (those norms, the loss curve
+and the settings) to --out (default $OUT, else ./bench_out).
 """
 
 from __future__ import annotations
@@ -42,11 +44,29 @@ def make_batch(batch: int, length: int, insert: int, distance: int, gen: torch.G
     return ids, starts
 
 
-def copy_loss(logp: torch.Tensor, starts: torch.Tensor, offset: int, insert: int) -> float:
+def copy_loss_tensor(logp: torch.Tensor, starts: torch.Tensor, offset: int, insert: int) -> torch.Tensor:
     """Mean loss on bases 2..insert-1 of the copy at starts + offset (logp[:, t] = log p(ids[t + 1]))."""
     span = torch.arange(1, insert - 1)
-    picked = logp[torch.arange(logp.shape[0])[:, None], starts[:, None] + offset + span]
-    return float(-picked.mean())
+    return -logp[torch.arange(logp.shape[0])[:, None], starts[:, None] + offset + span].mean()
+
+
+def copy_loss(logp: torch.Tensor, starts: torch.Tensor, offset: int, insert: int) -> float:
+    return float(copy_loss_tensor(logp, starts, offset, insert))
+
+
+def write_signal(model: TitansDNA, ids: torch.Tensor, starts: torch.Tensor, distance: int,
+                 insert: int) -> list[dict]:
+    """Gradient norms, per layer, of the memory's q, k and v projections from the second copy's loss alone.
+    q acts through the read, k and v only through the write: their share is how much the outer loop sees of
+    what the memory stores."""
+    logits = model(ids[:, :-1]).logits
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+    model.zero_grad(set_to_none=True)
+    copy_loss_tensor(logp, starts, distance, insert).backward()
+    norms = [{name: float(getattr(layer.block.memory, f"{name}_proj").weight.grad.norm()) for name in "qkv"}
+             for layer in model.layers]
+    model.zero_grad(set_to_none=True)
+    return norms
 
 
 def start_gates(model: TitansDNA, theta: float | None, eta: float | None) -> None:
@@ -94,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or os.environ.get("OUT") or "bench_out")
     report = {"config": vars(args), "model": {"parameters": model.num_parameters(), "segment_len": 64},
               "environment": {"python": platform.python_version(), "torch": torch.__version__}, "log": []}
+    # on a batch of its own, so the training batches stay those of a run without it
+    probe_batch = make_batch(args.batch, args.length, args.insert, args.distance,
+                             torch.Generator().manual_seed(args.seed + 2))
+    report["write_signal_at_init"] = write_signal(model, *probe_batch, args.distance, args.insert)
+    print(json.dumps({"write_signal_at_init": report["write_signal_at_init"]}), flush=True)
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         ids, starts = make_batch(args.batch, args.length, args.insert, args.distance, gen)

@@ -31,6 +31,8 @@ def test_a_short_run_writes_its_curve(tmp_path):
     assert probe.main([*argv, "--out", str(tmp_path)]) == 0
     log = json.loads((tmp_path / "recall_probe.json").read_text())["log"]
     assert [row["step"] for row in log] == [1, 2] and all(row["loss"] > 0 for row in log)
+    signal = json.loads((tmp_path / "recall_probe.json").read_text())["write_signal_at_init"]
+    assert len(signal) == 2 and all(layer[name] > 0 for layer in signal for name in "qkv")
 
 
 def test_gate_starts_set_the_gates_a_model_begins_with():

@@ -8,6 +8,7 @@ away only the long-term memory can. The log reports the loss on both copies (bas
 
     python bench/recall_probe.py --distance 160 --steps 1500 --out OUT   # 2-3 segments past attention
     python bench/recall_probe.py --distance 32 --steps 600 --out OUT     # control: inside one segment
+    python bench/recall_probe.py --one-pass --out OUT                    # what one pass of the write stores
 Before training it reports, per layer, the gradient norms of the memory's q, k and v projections from the
 second copy's loss (k and v act only through the write). Writes recall_probe.json (those norms, the loss curve
 and the settings) to --out (default $OUT, else ./bench_out).
@@ -29,6 +30,7 @@ import torch
 from titans_dna.data.atomic import atomic_write_text
 from titans_dna.data.tokenizer import BASE_IDS
 from titans_dna.model import TitansConfig, TitansDNA
+from titans_dna.model.titans_memory import MemoryInputs, TitansMemory
 
 
 def make_batch(batch: int, length: int, insert: int, distance: int, gen: torch.Generator):
@@ -69,6 +71,31 @@ def write_signal(model: TitansDNA, ids: torch.Tensor, starts: torch.Tensor, dist
     return norms
 
 
+def one_pass_recall(theta_max: float, theta_share: float, eta_share: float, chunk: int = 16,
+                    tokens: int = 32, seed: int = 0) -> dict:
+    """What one pass stores. The probe's memory (2 heads x 32, W_0 at init) writes `tokens` random unit
+    (key, value) pairs once, at per-token gates theta = theta_max / chunk * theta_share and eta = eta_max *
+    eta_share (no forgetting); then each key is read back. Returns the mean cosine and distance between the
+    answer and its value, before the pass (W_0's answer) and after it."""
+    torch.manual_seed(seed)
+    config = TitansConfig(d_model=64, n_layers=1, n_heads=2, head_dim=32, segment_len=64, chunk_size=chunk,
+                          theta_max=theta_max, memory_backend="naive")
+    memory = TitansMemory(config)
+    shape = (1, tokens, config.n_heads, config.head_dim)
+    keys, values = (torch.nn.functional.normalize(torch.randn(shape), dim=-1) for _ in range(2))
+    gate = torch.ones(1, tokens, config.n_heads)
+    inputs = MemoryInputs(keys, keys, values, gate * theta_max / chunk * theta_share,
+                          gate * config.eta_max * eta_share, gate * 0.0)
+    with torch.no_grad():
+        _, written = memory.write(inputs, None)
+        answers = {"before": memory.read(keys, None), "after": memory.read(keys, written)}
+    cosine = {f"cos_{when}": float(torch.nn.functional.cosine_similarity(a, values, dim=-1).mean())
+              for when, a in answers.items()}
+    distance = {f"dist_{when}": float((a - values).norm(dim=-1).mean()) for when, a in answers.items()}
+    return {"chunk": chunk, "theta_max": theta_max, "theta_share": theta_share,
+            "eta": config.eta_max * eta_share, **cosine, **distance}
+
+
 def start_gates(model: TitansDNA, theta: float | None, eta: float | None) -> None:
     """Start the inner-step and momentum gates at these shares of their bounds (None: as the model does). The
     gate biases are [theta per head, eta per head, alpha per head] (TitansMemory.gates)."""
@@ -98,8 +125,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
     p.add_argument("--log-every", type=int, default=25, help="steps between log rows")
     p.add_argument("--seed", type=int, default=0, help="model init and data")
+    p.add_argument("--one-pass", action="store_true",
+                   help="only measure what one pass over 32 random (key, value) pairs stores, per gate")
     p.add_argument("--out", default=None, help="output folder (default: $OUT, else ./bench_out)")
     args = p.parse_args(argv)
+    out = Path(args.out or os.environ.get("OUT") or "bench_out")
+    if args.one_pass:
+        grid = [(theta_max, share, eta, 16) for theta_max in (0.1, 1.0) for share in (0.1, 0.5, 0.9)
+                for eta in (0.0, 0.9)]
+        grid += [(1.0, share, 0.0, 1) for share in (0.5, 0.9)]  # chunk 1: the exact per-token recurrence
+        rows = [one_pass_recall(*setting) for setting in grid]
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        atomic_write_text(out / "one_pass.json", json.dumps(rows, indent=1))
+        return 0
     if args.length < args.distance + args.insert + 10:
         p.error("--length must hold both copies: >= distance + insert + 10")
     torch.manual_seed(args.seed)
@@ -111,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     start_gates(model, args.theta_start, args.eta_start)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed + 1)
-    out = Path(args.out or os.environ.get("OUT") or "bench_out")
     report = {"config": vars(args), "model": {"parameters": model.num_parameters(), "segment_len": 64},
               "environment": {"python": platform.python_version(), "torch": torch.__version__}, "log": []}
     # on a batch of its own, so the training batches stay those of a run without it

@@ -46,3 +46,12 @@ def test_gate_starts_set_the_gates_a_model_begins_with():
     share = torch.sigmoid(memory.gates.bias)
     torch.testing.assert_close(share[:2], torch.full((2,), 0.3))
     torch.testing.assert_close(share[2:4], torch.full((2,), 0.9))  # the model's own start
+
+
+def test_one_pass_recall_grows_with_the_write():
+    """No inner step stores nothing; a larger one stores more; the exact recurrence (chunk 1) more still."""
+    probe = load_script("bench/recall_probe.py")
+    none, small, large = (probe.one_pass_recall(1.0, share, 0.0) for share in (1e-9, 0.1, 0.9))
+    assert abs(none["cos_after"] - none["cos_before"]) < 1e-6
+    assert none["cos_after"] < small["cos_after"] < large["cos_after"]
+    assert probe.one_pass_recall(1.0, 0.9, 0.0, chunk=1)["cos_after"] > large["cos_after"]

@@ -46,14 +46,16 @@ def make_batch(batch: int, length: int, insert: int, distance: int, gen: torch.G
     return ids, starts
 
 
-def copy_loss_tensor(logp: torch.Tensor, starts: torch.Tensor, offset: int, insert: int) -> torch.Tensor:
-    """Mean loss on bases 2..insert-1 of the copy at starts + offset (logp[:, t] = log p(ids[t + 1]))."""
+def next_base_logp(model: TitansDNA, ids: torch.Tensor) -> torch.Tensor:
+    """logp [B, T - 1] with logp[:, t] = log p(ids[t + 1] | ids[:t + 1]) under the causal model."""
+    logits = model(ids[:, :-1]).logits
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+
+
+def copy_loss(logp: torch.Tensor, starts: torch.Tensor, offset: int, insert: int) -> torch.Tensor:
+    """Mean loss on bases 2..insert-1 of the copy at starts + offset (logp from `next_base_logp`)."""
     span = torch.arange(1, insert - 1)
     return -logp[torch.arange(logp.shape[0])[:, None], starts[:, None] + offset + span].mean()
-
-
-def copy_loss(logp: torch.Tensor, starts: torch.Tensor, offset: int, insert: int) -> float:
-    return float(copy_loss_tensor(logp, starts, offset, insert))
 
 
 def write_signal(model: TitansDNA, ids: torch.Tensor, starts: torch.Tensor, distance: int,
@@ -61,10 +63,9 @@ def write_signal(model: TitansDNA, ids: torch.Tensor, starts: torch.Tensor, dist
     """Gradient norms, per layer, of the memory's q, k and v projections from the second copy's loss alone.
     q acts through the read, k and v only through the write: their share is how much the outer loop sees of
     what the memory stores."""
-    logits = model(ids[:, :-1]).logits
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+    logp = next_base_logp(model, ids)
     model.zero_grad(set_to_none=True)
-    copy_loss_tensor(logp, starts, distance, insert).backward()
+    copy_loss(logp, starts, distance, insert).backward()
     norms = [{name: float(getattr(layer.block.memory, f"{name}_proj").weight.grad.norm()) for name in "qkv"}
              for layer in model.layers]
     model.zero_grad(set_to_none=True)
@@ -161,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         ids, starts = make_batch(args.batch, args.length, args.insert, args.distance, gen)
-        logits = model(ids[:, :-1]).logits
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        logp = next_base_logp(model, ids)
         loss = -logp.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -170,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.step()
         if step % args.log_every == 0 or step == args.steps:
             logp = logp.detach()
-            row = {"step": step, "loss": loss.item(), "first_copy": copy_loss(logp, starts, 0, args.insert),
-                   "second_copy": copy_loss(logp, starts, args.distance, args.insert),
+            row = {"step": step, "loss": loss.item(),
+                   "first_copy": copy_loss(logp, starts, 0, args.insert).item(),
+                   "second_copy": copy_loss(logp, starts, args.distance, args.insert).item(),
                    "seconds": time.perf_counter() - start}
             report["log"].append(row)
             print(json.dumps(row), flush=True)

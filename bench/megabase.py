@@ -2,10 +2,11 @@
 first 256 kbp, the first 1 Mbp and the whole 4.64 Mbp E. coli K-12 genome as ONE sequence each
 (`titans-dna embed --stream`'s path without the file: piece by piece with the state carried, windows
 every 1 kbp, bf16 autocast), with Mbp/s and peak GPU memory per case (torch.cuda.max_memory_allocated, reset
-per case). --cuda-graph picks how full pieces run: replayed from a CUDA graph (on), eagerly (off), or both
-(the default on CUDA): then each length runs eagerly first and the graphed run reports its speedup and the
-relative errors of its total log-likelihood and region embedding against the eager run (bf16 tolerance 1e-2,
-fp32 1e-5). A graphed time includes capturing the graph.
+per case). --modes picks how full pieces run: eagerly ("eager"), replayed from a CUDA graph of the layers one
+after another ("graph"), or from a graph of the layers as a wavefront over segments, one CUDA stream per layer
+("wavefront", what `embed --stream` uses). Each length runs its modes in that order; a graphed run reports its
+speedup and the relative errors of its total log-likelihood and region embedding against the eager run (bf16
+tolerance 1e-2, fp32 1e-5). A graphed time includes capturing the graph.
 Targets: peak at 4.64 Mbp within 1.1x of the peak at 256 kbp; the whole genome in under 10 s.
 
 Beside it, on the same card, the longest single forward call of two peers (batch 1, no_grad, bf16), lengths
@@ -17,7 +18,7 @@ case is written out as soon as it finishes.
 
 GPU (device tool; the data folder carried, e.g. as .devdata):
     TITANS_DNA_DATA=.devdata python bench/megabase.py --out $OUT
-    TITANS_DNA_DATA=.devdata python bench/megabase.py --out $OUT --peers "" --cuda-graph both  # ours only
+    TITANS_DNA_DATA=.devdata python bench/megabase.py --out $OUT --peers ""  # ours only, all three modes
 CPU smoke test (tiny model, short lengths, no meaning as timings):
     python bench/megabase.py --quick --out /tmp/megabase
 Writes megabase.json and megabase.md to --out (default $OUT, else ./bench_out).
@@ -48,6 +49,7 @@ from titans_dna.train.streaming import RegionStream
 
 ECOLI = "genomes/ecoli_K12_MG1655.fa.gz"
 PEERS = ("sdpa", "titans_pytorch")
+MODES = ("eager", "graph", "wavefront")  # how ours runs full pieces, slowest first
 HEADS, HEAD_DIM, DIM, CHUNK = 8, 64, 512, 64
 GiB = 2**30
 
@@ -98,52 +100,53 @@ def run_ours(args: argparse.Namespace, result: Path) -> None:
     lengths = [size if n == "all" else min(int(n), size) for n in args.lengths.split(",")]
     weights_gib = allocated_gib(device)
 
-    graphs = {"off": (False,), "on": (True,), "both": (False, True)}[args.cuda_graph]
+    modes = args.modes.split(",")
     tolerance = 1e-2 if precision == "bf16" else 1e-5
 
-    def stream(length: int, graph: bool) -> tuple[float, Streamed]:
-        """Seconds to stream the first `length` bp (windows every kbp, as `embed --stream`), full pieces
-        through a CUDA graph or not, and what the stream produced (the RegionStream is freed on return; the
-        model keeps its one captured graph for every stream)."""
+    def stream(length: int, mode: str) -> tuple[float, Streamed]:
+        """Seconds to stream the first `length` bp (windows every kbp, as `embed --stream`), full pieces run
+        as `mode` says, and what the stream produced (the RegionStream is freed on return; the model keeps
+        its captured graphs for every stream)."""
         sync(device)
         start = time.perf_counter()
         run = RegionStream(model, genome, Interval(chrom, 0, length), stride=1000,
-                           piece_segments=args.piece_segments, precision=precision, cuda_graph=graph)
+                           piece_segments=args.piece_segments, precision=precision,
+                           cuda_graph=mode != "eager", wavefront=mode == "wavefront")
         for _ in run:  # each piece's outputs are on the CPU already: the file write is all that is left out
             pass
         sync(device)
         return time.perf_counter() - start, Streamed(run.log_likelihood, run.scored, run.embedding.cpu())
 
     warm_up = min(lengths[0], 4 * args.piece_segments * model.config.segment_len)
-    for graph in graphs:  # Triton compile and autotune, and the first graph capture, happen here
-        warm = stream(warm_up, graph)[0]
+    for mode in modes:  # Triton compile and autotune, and the first graph capture, happen here
+        warm = stream(warm_up, mode)[0]
         emit(result, {"peer": "ours", "case": "warm-up", "seconds": warm, "backend": last_backend(),
-                      "cuda_graph": graph})
-    rates: dict[bool, float] = {}
+                      "mode": mode})
+    rates: dict[str, float] = {}
     for length in lengths:
-        eager = None  # (seconds, stream) of this length's eager run, which the graphed run is checked against
-        for graph in graphs:
-            predicted = length / rates[graph] if graph in rates else 0.0
+        eager = None  # (seconds, stream) of this length's eager run, which the graphed runs are checked against
+        for mode in modes:
+            predicted = length / rates[mode] if mode in rates else 0.0
             if predicted > args.ours_cap_s:
-                emit(result, {"peer": "ours", "length": length, "cuda_graph": graph,
+                emit(result, {"peer": "ours", "length": length, "mode": mode,
                               "status": f"skipped: predicted {predicted:.0f} s"})
                 continue
             reset_peak(device)
             held = allocated_gib(device)  # what the process holds going in: weights and anything left over
-            seconds, run = stream(length, graph)
-            rates[graph] = length / seconds
-            record = {"peer": "ours", "length": length, "cuda_graph": graph, "status": "ok",
-                      "seconds": seconds, "mbp_per_s": rates[graph] / 1e6, "peak_gib": peak_gib(device),
+            seconds, run = stream(length, mode)
+            rates[mode] = length / seconds
+            record = {"peer": "ours", "length": length, "mode": mode, "status": "ok",
+                      "seconds": seconds, "mbp_per_s": rates[mode] / 1e6, "peak_gib": peak_gib(device),
                       "held_before_gib": held, "weights_gib": weights_gib,
                       "nats_per_base": -run.log_likelihood / max(run.scored, 1),
                       "whole_genome": length == size, "record": chrom, "backend": last_backend(),
                       "parameters": model.num_parameters()}
-            if graph and eager is not None:
+            if mode != "eager" and eager is not None:
                 record.update(graph_vs_eager(eager, (seconds, run), tolerance))
-                print(f"CUDA graph vs eager, {length:,} bp: {record['speedup']:.2f}x; relative error of the "
+                print(f"{mode} vs eager, {length:,} bp: {record['speedup']:.2f}x; relative error of the "
                       f"log-likelihood {record['loglik_rel_err']:.2e}, of the embedding "
                       f"{record['embedding_rel_err']:.2e} (tolerance {tolerance:g})", flush=True)
-            elif not graph:
+            elif mode == "eager":
                 eager = seconds, run
             emit(result, record)
 
@@ -236,25 +239,26 @@ def markdown(report: dict) -> str:
              f"Model: `{report['config']['preset']}` preset, random init, pieces of "
              f"{report['config']['piece_segments']} segments, bf16 autocast on CUDA; memory backend "
              f"{next((r.get('backend') for r in ours if r.get('backend')), 'n/a')}.", "",
-             "| length (bp) | CUDA graph | seconds | Mbp/s | peak GiB | status |",
+             "| length (bp) | mode | seconds | Mbp/s | peak GiB | status |",
              "|---|---|---|---|---|---|"]
     for r in ours:
         label = f"{r['length']:,}" + (" (whole genome)" if r.get("whole_genome") else "")
-        lines.append(f"| {label} | {'yes' if r.get('cuda_graph') else 'no'} | {_f(r.get('seconds'))} | "
+        lines.append(f"| {label} | {r['mode']} | {_f(r.get('seconds'))} | "
                      f"{_f(r.get('mbp_per_s'), 4, 'g')} | {_f(r.get('peak_gib'), 3)} | {r['status']} |")
     checked = [r for r in ours if "speedup" in r]
     if checked:
-        lines += ["", "CUDA graph against eager (same lengths; relative errors of the graphed run's total "
+        lines += ["", "Graphed runs against eager (same lengths; relative errors of the graphed run's total "
                   "log-likelihood and region embedding):", "",
-                  "| length (bp) | eager s | graph s | speedup | log-lik rel err | embedding rel err | "
-                  "within tolerance |", "|---|---|---|---|---|---|---|"]
+                  "| length (bp) | mode | eager s | graphed s | speedup | log-lik rel err | embedding rel err | "
+                  "within tolerance |", "|---|---|---|---|---|---|---|---|"]
         for r in checked:
-            lines.append(f"| {r['length']:,} | {_f(r['eager_seconds'])} | {_f(r['seconds'])} | "
+            lines.append(f"| {r['length']:,} | {r['mode']} | {_f(r['eager_seconds'])} | {_f(r['seconds'])} | "
                          f"{r['speedup']:.2f}x | {r['loglik_rel_err']:.2e} | {r['embedding_rel_err']:.2e} | "
                          f"{'yes' if r['matches_eager'] else 'NO'} (<= {r['tolerance']:g}) |")
-    # the targets read the fast path when it ran
-    graphed = any(r.get("cuda_graph") and r["status"] == "ok" for r in ours)
-    ok = {r["length"]: r for r in ours if r["status"] == "ok" and bool(r.get("cuda_graph")) == graphed}
+    # the targets read the fastest mode that ran
+    ran = {r["mode"] for r in ours if r["status"] == "ok"}
+    fastest = next((mode for mode in reversed(MODES) if mode in ran), None)
+    ok = {r["length"]: r for r in ours if r["status"] == "ok" and r["mode"] == fastest}
     if ok:
         first, whole = ok[min(ok)], ok[max(ok)]
         if first.get("peak_gib") and whole.get("peak_gib"):
@@ -299,9 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="prefix lengths in bp; 'all' = the whole (longest) record")
     p.add_argument("--piece-segments", type=int, default=16, help="segments per forward call")
     p.add_argument("--ours-cap-s", type=float, default=300, help="skip a length predicted to take longer")
-    p.add_argument("--cuda-graph", choices=("on", "off", "both"), default=None,
-                   help="ours: full pieces replayed from a CUDA graph, run eagerly, or both and compared "
-                   "(default: both on CUDA, off on CPU)")
+    p.add_argument("--modes", default=None,
+                   help=f"ours: comma list of {','.join(MODES)} (default: all on CUDA, eager on CPU)")
     p.add_argument("--peers", default=",".join(PEERS), help="comma list of peers ('' for none)")
     p.add_argument("--peer-start", type=int, default=262144, help="first peer length")
     p.add_argument("--peer-max", type=int, default=1 << 25, help="longest peer length tried")
@@ -316,10 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         args.preset, args.lengths, args.cap_s = "tiny", "1024,2048", 2.0
         args.peer_start, args.peer_max = 1024, 4096
     on_cuda = args.device.startswith("cuda")
-    if args.cuda_graph is None:
-        args.cuda_graph = "both" if on_cuda else "off"
-    elif args.cuda_graph != "off" and not on_cuda:
-        p.error(f"--cuda-graph {args.cuda_graph} needs a CUDA device (got --device {args.device})")
+    if args.modes is None:
+        args.modes = ",".join(MODES) if on_cuda else "eager"
+    unknown = set(args.modes.split(",")) - set(MODES)
+    if unknown:
+        p.error(f"unknown --modes {sorted(unknown)}; choose from {MODES}")
+    if args.modes != "eager" and not on_cuda:
+        p.error(f"--modes {args.modes} needs a CUDA device for its graphs (got --device {args.device})")
     if args.genome is None:
         root = Path(args.data_root) if args.data_root else shared_data_dir()
         args.genome = str(root / ECOLI)
@@ -334,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = ["ours", *[peer for peer in args.peers.split(",") if peer]]
     report = {"environment": environment(args.device), "results": [],
               "config": {k: getattr(args, k) for k in ("preset", "lengths", "piece_segments", "cap_s",
-                                                       "peer_start", "genome", "quick", "cuda_graph")}}
+                                                       "peer_start", "genome", "quick", "modes")}}
     for worker in workers:
         with tempfile.TemporaryDirectory() as tmp:
             result = Path(tmp) / "result.jsonl"

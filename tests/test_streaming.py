@@ -25,6 +25,7 @@ from titans_dna.model import ModelState, TitansConfig, TitansDNA
 from titans_dna.model.blocks import BlockState, MACBlock, MAGBlock, MALBlock
 from titans_dna.model.graphed import _leaves, _load, _map_tensors, _signature, graph_ready
 from titans_dna.model.graphed import step as graph_step
+from titans_dna.model.graphed import wavefront_step
 from titans_dna.model.heads import pool
 from titans_dna.train.inference import log_likelihood
 from titans_dna.train.stream_writers import stream_embed_file, stream_score_file
@@ -159,18 +160,19 @@ def assert_states_close(state, ref) -> None:
 
 
 @pytest.mark.parametrize("block", ["mac", "mag", "mal", "lmm"])
-def test_sync_free_step_equals_forward(block, seed):
-    """`step` from the explicit start state, piece by piece, equals the forward piece by piece from
-    state=None (outputs and states) and the whole sequence in one call, and never waits on the device (the
-    forward's input checks do)."""
+@pytest.mark.parametrize("graphed", [graph_step, wavefront_step], ids=["step", "wavefront"])
+def test_sync_free_step_equals_forward(block, graphed, seed):
+    """`step` (and its wavefront order over 3-segment pieces) from the explicit start state, piece by piece,
+    equals the forward piece by piece from state=None (outputs and states) and the whole sequence in one call,
+    and never waits on the device (the forward's input checks do)."""
     model = tiny_model(block=block)
-    ids = torch.randint(0, model.config.vocab_size, (1, 5 * 32))
+    ids = torch.randint(0, model.config.vocab_size, (1, 4 * 48))
     with torch.no_grad():
         whole = model(ids)
         state, ref_state, hidden, logits = initial_state(model), None, [], []
-        for piece in ids.split(32, dim=1):
+        for piece in ids.split(48, dim=1):
             with NoSync():
-                out = graph_step(model, piece, state)
+                out = graphed(model, piece, state)
             ref = model(piece, state=ref_state, return_state=True)
             assert relative_error(ref.hidden_states, out.hidden_states) < 1e-10
             assert relative_error(ref.logits, out.logits) < 1e-10
@@ -216,16 +218,17 @@ class CpuGraph:
     """GraphedPieces without CUDA: the same static buffers (each run overwrites the last run's outputs and
     state), `step` in place of a replay."""
 
-    def __init__(self, model: TitansDNA, piece_len: int, precision: str) -> None:
+    def __init__(self, model: TitansDNA, piece_len: int, precision: str, wavefront: bool) -> None:
         self.model, self.out, self.runs = model, None, 0
+        self.step = wavefront_step if wavefront else graph_step
 
     @torch.no_grad()
     def run(self, ids: torch.Tensor, state):
         if self.out is None:
-            self.out = _map_tensors(torch.clone, graph_step(self.model, ids, state))
+            self.out = _map_tensors(torch.clone, self.step(self.model, ids, state))
         if state is not self.out.state:
             _load(self.out.state, state)
-        new = graph_step(self.model, ids, self.out.state)
+        new = self.step(self.model, ids, self.out.state)
         self.out.hidden_states.copy_(new.hidden_states)
         self.out.logits.copy_(new.logits)
         _load(self.out.state, new.state)
@@ -234,15 +237,16 @@ class CpuGraph:
 
 
 @pytest.mark.parametrize("block", ["mac", "mal"])
-def test_graphed_stream_equals_eager_stream(block, monkeypatch, seed):
+@pytest.mark.parametrize("wavefront", [False, True])
+def test_graphed_stream_equals_eager_stream(block, wavefront, monkeypatch, seed):
     """RegionStream with the graph path (CpuGraph standing in for the CUDA graph): 10 pieces of 32 tokens,
     the first and the shorter last one eager, the same log-likelihoods, windows and embedding as eagerly."""
     monkeypatch.setattr(streaming, "GraphedPieces", CpuGraph)
     model = tiny_model(block=block)
     genome = Genome({"chrA": "".join(random.Random(seed).choice("ACGTN") for _ in range(300))})
     region = Interval("chrA", 0, 300)
-    streams = [RegionStream(model, genome, region, stride=37, piece_segments=2, cuda_graph=graph)
-               for graph in (False, True)]
+    streams = [RegionStream(model, genome, region, stride=37, piece_segments=2, cuda_graph=graph,
+                            wavefront=wavefront) for graph in (False, True)]
     eager, graphed = (list(stream) for stream in streams)
     assert streams[1].graphed.runs == 8
     for key in ("loglik", "windows"):
@@ -286,14 +290,15 @@ def test_cuda_graph_needs_a_cuda_model():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("block, precision", [("mac", "fp32"), ("mac", "bf16"), ("mal", "bf16")])
-def test_cuda_graph_stream_equals_eager_stream(block, precision, seed):
-    """On a GPU: the captured graph (Triton memory path) streams the same numbers as the eager pieces, over 31
-    full pieces and a shorter last one."""
+@pytest.mark.parametrize("wavefront", [False, True])
+def test_cuda_graph_stream_equals_eager_stream(block, precision, wavefront, seed):
+    """On a GPU: the captured graph (Triton memory path; layers on their own streams with `wavefront`)
+    streams the same numbers as the eager pieces, over 14 full pieces of 4 segments and a shorter last one."""
     model = tiny_model(torch.float32, block=block).cuda()
     genome = Genome({"chrA": "".join(random.Random(seed).choice("ACGTN") for _ in range(1000))})
     region = Interval("chrA", 0, 1000)
-    streams = [RegionStream(model, genome, region, stride=37, piece_segments=2, precision=precision,
-                            cuda_graph=graph) for graph in (False, True)]
+    streams = [RegionStream(model, genome, region, stride=37, piece_segments=4, precision=precision,
+                            cuda_graph=graph, wavefront=wavefront) for graph in (False, True)]
     eager, graphed = (list(stream) for stream in streams)
     tol = F32 if precision == "fp32" else dict(rtol=1e-2, atol=1e-2)
     for key in ("loglik", "windows"):

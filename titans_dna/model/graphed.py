@@ -12,6 +12,7 @@ input checks, whose padding test synchronises the host with the device (which ca
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,50 @@ def step(model: TitansDNA, ids: Tensor, state: ModelState | None) -> TitansOutpu
     """``model(ids, state=state, return_state=True)`` for ids [B, T] without padding, and without the
     input checks: no host-device synchronisation, so a CUDA graph can capture it."""
     return model._forward(ids, torch.ones_like(ids, dtype=torch.bool), state, return_state=True)
+
+
+def wavefront_step(model: TitansDNA, ids: Tensor, state: ModelState,
+                   streams: list[torch.cuda.Stream] | None = None) -> TitansOutput:
+    """`step` on a piece of whole segments, in wavefront order: layer l runs segment s at wave l + s.
+
+    A layer-segment needs only its own layer's state and the layer below's output on the same segment, so the
+    layers of one wave are independent. With one CUDA stream per layer (`streams`) they run at once: at batch
+    1 each of their small kernels fills a few SMs, and a graph of the piece overlaps n_layers of them where
+    `step` runs one. Per segment the arithmetic is `step`'s; only kernels' row counts differ.
+    """
+    C, n_layers = model.config.segment_len, len(model.layers)
+    if ids.shape[1] % C:
+        raise ValueError(f"a wavefront piece is whole segments of {C} tokens; got {ids.shape[1]}")
+    mask = torch.ones_like(ids[:, :C], dtype=torch.bool)
+    segments = list(model.embedding(ids).split(C, dim=1))
+    layer_states = list(state.layers)
+    # Tensors handed from one stream to another stay referenced until the end: freed, their blocks could be
+    # reused by the producing stream while the consuming one still reads them.
+    handed_over = list(segments)
+    done: dict[tuple[int, int], torch.cuda.Event] = {}  # (layer, segment) -> recorded when it finished
+    fork = torch.cuda.current_stream() if streams else None
+    for stream in streams or ():
+        stream.wait_stream(fork)
+    for wave in range(len(segments) + n_layers - 1):
+        for index, layer in enumerate(model.layers):
+            s = wave - index
+            if not 0 <= s < len(segments):
+                continue
+            with _on_stream(streams, index):
+                if streams and index:
+                    streams[index].wait_event(done[index - 1, s])
+                segments[s], layer_states[index] = layer(segments[s], mask, layer_states[index], True)
+                handed_over.append(segments[s])
+                if streams:
+                    done[index, s] = streams[index].record_event()
+    for stream in streams or ():
+        fork.wait_stream(stream)
+    return model.head(torch.cat(segments, dim=1), ModelState(layer_states))
+
+
+def _on_stream(streams: list[torch.cuda.Stream] | None, index: int):
+    """Context that makes streams[index] current (no-op without streams)."""
+    return torch.cuda.stream(streams[index]) if streams else contextlib.nullcontext()
 
 
 def graph_ready(model: TitansDNA, state: ModelState | None) -> bool:
@@ -70,14 +115,15 @@ def _load(buffers: ModelState, state: ModelState) -> None:
 
 
 class GraphedPieces:
-    """One forward of a [1, piece_len] piece captured as a CUDA graph and replayed for each full piece.
+    """One forward of a [1, piece_len] piece captured as a CUDA graph and replayed for each full piece
+    (`wavefront`: in `wavefront_step` order, one stream per layer; else `step`).
 
     The graph reads the token ids and the state from static buffers and ends by copying the new state into
     the state buffers, so every replay advances the stream. `run` returns static outputs: hidden states,
     logits and a `ModelState` over the state buffers, valid until the next `run` overwrites them.
     """
 
-    def __init__(self, model: TitansDNA, piece_len: int, precision: str) -> None:
+    def __init__(self, model: TitansDNA, piece_len: int, precision: str, wavefront: bool = True) -> None:
         if model.device.type != "cuda":
             raise ValueError(f"CUDA graphs need the model on a CUDA device; it is on {model.device} "
                              "(stream eagerly: cuda_graph=False)")
@@ -86,6 +132,8 @@ class GraphedPieces:
             # whole segments leave no pending inputs, so every piece sees the same shapes
             raise ValueError(f"piece_len must be a multiple of segment_len={segment} (> 0), got {piece_len}")
         self.model, self.piece_len, self.precision = model, piece_len, precision
+        # the graph records its kernels on these streams; they live as long as it does
+        self._streams = [torch.cuda.Stream(model.device) for _ in model.layers] if wavefront else None
         self._graph: torch.cuda.CUDAGraph | None = None
         self._ids: Tensor | None = None
         self._out: TitansOutput | None = None  # static outputs; .state holds the state buffers
@@ -110,6 +158,8 @@ class GraphedPieces:
 
     def _step(self, ids: Tensor, state: ModelState) -> TitansOutput:
         with torch.no_grad(), autocast(self.model.device, self.precision, cache_enabled=False):
+            if self._streams is not None:
+                return wavefront_step(self.model, ids, state, self._streams)
             return step(self.model, ids, state)
 
     def _capture(self, ids: Tensor, state: ModelState) -> None:

@@ -124,9 +124,13 @@ class TitansDNA(nn.Module):
         for i, layer in enumerate(self.layers):
             x, layer_state = layer(x, mask, None if state is None else state.layers[i], return_state)
             layer_states.append(layer_state)
+        return self.head(x, ModelState(layer_states) if return_state else None)
+
+    def head(self, x: Tensor, state: ModelState | None = None) -> TitansOutput:
+        """The output of the last layer's residual stream x [B, T, d_model]: final norm and LM head."""
         hidden = self.norm(x)
         logits = self.lm_head(hidden) if self.lm_head is not None else hidden @ self.embedding.weight.T
-        return TitansOutput(hidden, logits, ModelState(layer_states) if return_state else None)
+        return TitansOutput(hidden, logits, state)
 
     def embed(self, seqs: str | os.PathLike | list[str], pooling: str = "mean", rc_average: bool = False,
               batch_size: int = 32, per_token: bool = False) -> Tensor | list[Tensor]:

@@ -140,16 +140,16 @@ class StreamPiece:
     windows: Tensor  # [k, d_model] pooled hidden states of those windows
 
 
-def graphed_pieces(model: TitansDNA, piece_len: int, precision: str) -> GraphedPieces:
+def graphed_pieces(model: TitansDNA, piece_len: int, precision: str, wavefront: bool = True) -> GraphedPieces:
     """The model's captured graph for pieces of `piece_len` tokens at `precision`, captured once and kept on
     the model for all its streams. One capture per stream left 32 MiB allocated after every stream (H200,
     torch 2.11), so streaming a FASTA of many records grew without bound. A graph reads the weights where
     they were at capture: moved weights (new storage) get a new graph in place of the old one."""
     graphs = model.__dict__.setdefault("_stream_graphs", {})
     weights = tuple(p.data_ptr() for p in model.parameters())
-    key = (piece_len, precision)
+    key = (piece_len, precision, wavefront)
     if key not in graphs or graphs[key][0] != weights:
-        graphs[key] = weights, GraphedPieces(model, piece_len, precision)
+        graphs[key] = weights, GraphedPieces(model, piece_len, precision, wavefront)
     return graphs[key][1]
 
 
@@ -171,11 +171,13 @@ class RegionStream:
         cuda_graph: replay full pieces from a CUDA graph (``model/graphed.py``; eager: the first piece,
             MAG/MAL pieces until the attention tail is full, and a shorter last piece). None: on when the
             model is causal and on CUDA and the region holds two full pieces or more. True needs CUDA.
+        wavefront: graphed pieces run their layers as a wavefront over segments, one CUDA stream per layer
+            (`model/graphed.wavefront_step`; same outputs), else layer after layer.
     """
 
     def __init__(self, model: TitansDNA, genome: SequenceSource, region: Interval,
                  stride: int | None = None, pooling: str = "mean", piece_segments: int = PIECE_SEGMENTS,
-                 precision: str = "fp32", cuda_graph: bool | None = None) -> None:
+                 precision: str = "fp32", cuda_graph: bool | None = None, wavefront: bool = True) -> None:
         if piece_segments < 1:
             raise ValueError(f"piece_segments must be >= 1, got {piece_segments}")
         if len(region) < 1:
@@ -189,7 +191,7 @@ class RegionStream:
         if cuda_graph is None:
             cuda_graph = (model.device.type == "cuda" and model.config.causal
                           and len(region) // self.piece >= 2)
-        self.graphed = graphed_pieces(model, self.piece, precision) if cuda_graph else None
+        self.graphed = graphed_pieces(model, self.piece, precision, wavefront) if cuda_graph else None
 
     def _token_pieces(self) -> Iterator[tuple[int, Tensor]]:
         """(region offset, ids long [<= piece] on the model's device), fetched READ_BASES at a time."""

@@ -23,9 +23,8 @@ from titans_dna.data.tokenizer import BASE_IDS
 from titans_dna.kernels.titans_memory.common import state_dtype
 from titans_dna.model import ModelState, TitansConfig, TitansDNA
 from titans_dna.model.blocks import BlockState, MACBlock, MAGBlock, MALBlock
-from titans_dna.model.graphed import _leaves, _load, _map_tensors, _signature, graph_ready
+from titans_dna.model.graphed import _leaves, _load, _map_tensors, _signature, graph_ready, wavefront_step
 from titans_dna.model.graphed import step as graph_step
-from titans_dna.model.graphed import wavefront_step
 from titans_dna.model.heads import pool
 from titans_dna.train.inference import log_likelihood
 from titans_dna.train.stream_writers import stream_embed_file, stream_score_file

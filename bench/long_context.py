@@ -1,7 +1,9 @@
 """Long-context pretraining throughput (issue 6): tokens/s of the `small` model (random init) at 1k, 8k, 64k,
 256k and 1M tokens per sequence with the same tokens per optimizer step (1024 x 1k ... 1 x 1M by default):
 forward + backward + AdamW step of the causal loss, gradient checkpointing over segments
-(`TitansConfig.gradient_checkpointing`), bf16 autocast on CUDA. Peak memory per length
+(`TitansConfig.gradient_checkpointing`), bf16 autocast on CUDA. Lengths from --by-segment-from on train one
+sequence at a time through `titans_dna.train.segment_backprop` (the same gradients, with each layer-segment's
+forward and backward replayed from a CUDA graph on a GPU) in place of autograd over the whole sequence. Peak memory per length
 (torch.cuda.max_memory_allocated, reset per length). Targets: 1M-token sequences train on one 80 GB card, and
 tokens/s at 1M >= 0.3x tokens/s at 8k.
 
@@ -37,6 +39,7 @@ from titans_dna.model import TitansConfig, TitansDNA
 from titans_dna.model.attention import PersistentAttention
 from titans_dna.model.layers import SwiGLU
 from titans_dna.train.objectives import causal_batch, weighted_lm_loss
+from titans_dna.train.segment_backprop import SegmentRunner, segment_backprop
 
 GiB = 2**30
 SCOPES = ("memory_op", "attention", "mlp")
@@ -52,13 +55,19 @@ class Trainer:
         self.model = TitansDNA(config).to(device).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95))
         self.bf16 = device.type == "cuda"
+        self.segments = SegmentRunner(self.model, "bf16" if self.bf16 else "fp32", cuda_graphs=self.bf16)
 
-    def step(self, batch: int, length: int, micro: int) -> float:
-        """Seconds of one step of `batch` sequences of `length` tokens, `micro` sequences per forward."""
+    def step(self, batch: int, length: int, micro: int, by_segment: bool = False) -> float:
+        """Seconds of one step of `batch` sequences of `length` tokens, `micro` sequences per forward
+        (`by_segment`: one sequence at a time through `segment_backprop`, graphed layer-segments on CUDA)."""
         ids = torch.randint(7, 11, (batch, length), device=self.device)  # A, C, G, T
         sync(self.device)
         start = time.perf_counter()
-        for lo in range(0, batch, micro):
+        for lo in range(0, batch, 1 if by_segment else micro):
+            if by_segment:
+                segment_backprop(self.model, causal_batch(ids[lo:lo + 1]), self.segments.precision,
+                                 runner=self.segments, scale=1 / batch)
+                continue
             lm = causal_batch(ids[lo:lo + micro])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 logits = self.model(lm.inputs).logits
@@ -76,22 +85,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(trainer: Trainer, length: int, tokens: int, target_s: float, max_steps: int) -> dict:
+def measure(trainer: Trainer, length: int, tokens: int, target_s: float, max_steps: int,
+            by_segment: bool = False) -> dict:
     """A warm-up step on short sequences of the same batch (MAC runs its kernels per segment, so that compiles
-    and autotunes everything this length needs), then timed steps until target_s or max_steps; the
-    micro-batch halves on OOM."""
+    and autotunes everything this length needs, and captures the layer-segment graphs), then timed steps until
+    target_s or max_steps; the micro-batch halves on OOM."""
     device, batch = trainer.device, max(1, tokens // length)
     warm_length = min(length, 4 * trainer.model.config.segment_len)
-    micro, record = batch, {"length": length, "batch": batch, "tokens_per_step": batch * length}
+    micro = 1 if by_segment else batch
+    record = {"length": length, "batch": batch, "tokens_per_step": batch * length,
+              "method": "segment_backprop" if by_segment else "autograd"}
     while True:
         try:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            trainer.step(batch, warm_length, micro)
-            times = [trainer.step(batch, length, micro)]
+            trainer.step(batch, warm_length, micro, by_segment)
+            times = [trainer.step(batch, length, micro, by_segment)]
             while sum(times) < target_s and len(times) < max_steps:
-                times.append(trainer.step(batch, length, micro))
+                times.append(trainer.step(batch, length, micro, by_segment))
             break
         except torch.cuda.OutOfMemoryError as err:
             trainer.optimizer.zero_grad(set_to_none=True)
@@ -171,11 +183,12 @@ def markdown(report: dict) -> str:
              f"`{report['config']['preset']}` preset, gradient checkpointing over segments, "
              f"{'bf16 autocast' if env['device'].startswith('cuda') else 'fp32'}, AdamW; "
              f"{report['config']['tokens']:,} tokens per step.", "",
-             "| tokens/sequence | batch | micro-batch | step s | tokens/s | peak GiB | status |",
-             "|---|---|---|---|---|---|---|"]
+             "| tokens/sequence | backward | batch | micro-batch | step s | tokens/s | peak GiB | status |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in cases:
         peak = "-" if c.get("peak_gib") is None else f"{c['peak_gib']:.2f}"
-        lines.append(f"| {c['length']:,} | {c['batch']} | {c.get('micro_batch', '-')} | "
+        lines.append(f"| {c['length']:,} | {c.get('method', 'autograd')} | {c['batch']} | "
+                     f"{c.get('micro_batch', '-')} | "
                      f"{c.get('step_s', float('nan')):.3f} | {c.get('tokens_per_s', float('nan')):,.0f} | "
                      f"{peak} | {c['status']} |")
     if report.get("ratio") is not None:
@@ -203,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="small", help="model preset (random init)")
     p.add_argument("--lengths", default="1024,8192,65536,262144,1048576", help="tokens per sequence")
     p.add_argument("--tokens", type=int, default=1 << 20, help="tokens per optimizer step at every length")
+    p.add_argument("--by-segment-from", type=int, default=65536,
+                   help="lengths from this one on train through segment_backprop (0: none)")
     p.add_argument("--ratio-ref", type=int, default=8192, help="the length the longest one is compared with")
     p.add_argument("--target-s", type=float, default=15.0, help="seconds of timed steps per length")
     p.add_argument("--max-steps", type=int, default=5, help="most timed steps per length")
@@ -214,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.preset, args.lengths, args.tokens, args.ratio_ref = "tiny", "64,256,1024", 1024, 256
+        args.by_segment_from = 1024
         args.target_s, args.max_steps, args.profile_length = 0.0, 1, 128
     device = torch.device(args.device)
     env = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device)}
@@ -224,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
               "config": {"preset": args.preset, "tokens": args.tokens, "gradient_checkpointing": True}}
     out = Path(args.out or os.environ.get("OUT") or "bench_out")
     for length in (int(n) for n in args.lengths.split(",")):
-        report["cases"].append(measure(trainer, length, args.tokens, args.target_s, args.max_steps))
+        by_segment = 0 < args.by_segment_from <= length
+        report["cases"].append(measure(trainer, length, args.tokens, args.target_s, args.max_steps, by_segment))
         print(json.dumps(report["cases"][-1]), flush=True)
         ok = {c["length"]: c for c in report["cases"] if c["status"] == "ok"}
         longest = max((n for n in ok), default=None)

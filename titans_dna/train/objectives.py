@@ -156,9 +156,14 @@ def weighted_lm_loss(logits: torch.Tensor, batch: LMBatch) -> tuple[torch.Tensor
         ``(loss, weight_sum)``: the weighted mean cross-entropy (nats per counted token; 0 when nothing
         is counted) and the total weight, for averaging over several batches or ranks.
     """
-    ce = F.cross_entropy(
-        logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-    )
     weight_sum = batch.weights.sum()
-    loss = (ce * batch.weights.flatten()).sum() / weight_sum.clamp_min(1e-8)
+    loss = weighted_ce_sum(logits, batch.targets, batch.weights) / weight_sum.clamp_min(1e-8)
     return loss, weight_sum
+
+
+def weighted_ce_sum(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_i weights_i * cross-entropy_i over the positions of logits [..., V] (float32), targets and weights
+    [...]: `weighted_lm_loss` before its division by the total weight."""
+    ce = F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX,
+                         reduction="none")
+    return (ce * weights.flatten()).sum()

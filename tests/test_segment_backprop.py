@@ -1,0 +1,93 @@
+"""Segment-wise backpropagation equals autograd through the whole sequence (titans_dna/train/segment_backprop.py).
+
+Float64 on the CPU: the loss and every parameter gradient of `segment_backprop` against `weighted_lm_loss` of
+one forward and its backward, for every block, causal and MLM, with a partial last segment. On a GPU: the
+graphed layer-segments against the eager ones.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from utils import relative_error
+
+from titans_dna.data.tokenizer import BASE_IDS
+from titans_dna.model import TitansConfig, TitansDNA
+from titans_dna.train.objectives import causal_batch, mlm_batch, weighted_lm_loss
+from titans_dna.train.segment_backprop import SegmentRunner, segment_backprop
+
+
+def small_model(dtype: torch.dtype, block: str = "mac", causal: bool = True, **overrides) -> TitansDNA:
+    config = TitansConfig(d_model=32, n_layers=3, n_heads=2, head_dim=16, block=block, chunk_size=4,
+                          segment_len=16, n_persistent=2, window=12, causal=causal, **overrides)
+    return TitansDNA(config).to(dtype).train()
+
+
+def dna_ids(length: int, seed: int) -> torch.Tensor:
+    rng = random.Random(seed)
+    return torch.tensor([[rng.choice(BASE_IDS) for _ in range(length)]])
+
+
+def grads(model: TitansDNA) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("block", ["mac", "mag", "mal", "lmm"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "mlm"])
+def test_segment_backprop_equals_autograd(block, causal, seed):
+    """3.5 segments: the first eager from no state, two full ones, a partial last one."""
+    model = small_model(torch.float64, block, causal)
+    ids = dna_ids(57, seed)
+    batch = causal_batch(ids) if causal else mlm_batch(ids, generator=torch.Generator().manual_seed(seed))
+    loss, _ = weighted_lm_loss(model(batch.inputs).logits, batch)
+    loss.backward()
+    reference = grads(model)
+    model.zero_grad(set_to_none=True)
+    ours = segment_backprop(model, batch)
+    found = grads(model)
+    assert relative_error(loss.detach(), ours) < 1e-6  # the loss is float32 (weighted_lm_loss), summed per segment
+    assert found.keys() == reference.keys()
+    for name, grad in reference.items():
+        assert relative_error(grad, found[name]) < 1e-10, name
+
+
+def test_layer_checkpointing_is_off_during_and_restored_after(seed):
+    model = small_model(torch.float64, gradient_checkpointing=True)
+    batch = causal_batch(dna_ids(40, seed))
+    loss, _ = weighted_lm_loss(model(batch.inputs).logits, batch)
+    loss.backward()
+    reference = grads(model)
+    model.zero_grad(set_to_none=True)
+    segment_backprop(model, batch)
+    assert model.config.gradient_checkpointing
+    for name, grad in reference.items():
+        assert relative_error(grad, model.get_parameter(name).grad) < 1e-10, name
+
+
+def test_one_sequence_at_a_time():
+    model = small_model(torch.float64)
+    with pytest.raises(ValueError, match="one sequence at a time"):
+        segment_backprop(model, causal_batch(dna_ids(20, 0).repeat(2, 1)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("block, precision", [("mac", "fp32"), ("mac", "bf16"), ("mal", "fp32")])
+def test_graphed_layer_segments_equal_eager(block, precision, seed):
+    """On a GPU (Triton memory path): two steps through the graphed layer-segments (captured in the first) give
+    the eager steps' loss and gradients."""
+    model = small_model(torch.float32, block).cuda()
+    runner = SegmentRunner(model, precision, cuda_graphs=True)
+    tol = 1e-4 if precision == "fp32" else 2e-2
+    for step in range(2):
+        batch = causal_batch(dna_ids(16 * 9 + 5, seed + step).cuda())
+        model.zero_grad(set_to_none=True)
+        eager_loss = segment_backprop(model, batch, precision, cuda_graphs=False)
+        eager = grads(model)
+        model.zero_grad(set_to_none=True)
+        graphed_loss = segment_backprop(model, batch, precision, runner=runner)
+        assert relative_error(eager_loss, graphed_loss) < tol
+        for name, grad in eager.items():
+            assert relative_error(grad, model.get_parameter(name).grad) < tol, name
+    assert len(runner.graphed) == len(model.layers)

@@ -3,7 +3,8 @@
 forward + backward + AdamW step of the causal loss, gradient checkpointing over segments
 (`TitansConfig.gradient_checkpointing`), bf16 autocast on CUDA. Lengths from --by-segment-from on train one
 sequence at a time through `titans_dna.train.segment_backprop` (the same gradients, with each layer-segment's
-forward and backward replayed from a CUDA graph on a GPU) in place of autograd over the whole sequence. Peak memory per length
+forward and backward replayed from a CUDA graph on a GPU) in place of autograd over the whole sequence.
+Peak memory per length
 (torch.cuda.max_memory_allocated, reset per length). Targets: 1M-token sequences train on one 80 GB card, and
 tokens/s at 1M >= 0.3x tokens/s at 8k.
 
@@ -241,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or os.environ.get("OUT") or "bench_out")
     for length in (int(n) for n in args.lengths.split(",")):
         by_segment = 0 < args.by_segment_from <= length
-        report["cases"].append(measure(trainer, length, args.tokens, args.target_s, args.max_steps, by_segment))
+        case = measure(trainer, length, args.tokens, args.target_s, args.max_steps, by_segment)
+        report["cases"].append(case)
         print(json.dumps(report["cases"][-1]), flush=True)
         ok = {c["length"]: c for c in report["cases"] if c["status"] == "ok"}
         longest = max((n for n in ok), default=None)

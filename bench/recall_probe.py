@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block", default="mac", help="mac | mag | mal | lmm")
     p.add_argument("--alpha-max", type=float, default=1e-3, help="forgetting-gate bound per token")
     p.add_argument("--theta-max", type=float, default=0.1, help="inner-step bound summed over a chunk")
+    p.add_argument("--depth", type=int, default=2, help="memory depth (1: matrix memory)")
+    p.add_argument("--inner-step", default="chunk_sum", help="chunk_sum | key_normalized (TitansConfig)")
     p.add_argument("--chunk", type=int, default=16, help="memory chunk (1: the exact per-token recurrence)")
     p.add_argument("--theta-start", type=float, default=None,
                    help="share of --theta-max the inner-step gate starts at (default: the model's 0.1)")
@@ -147,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     # A tiny model: 64-token segments and windows, so D = 160 is 2-3 segments past attention's reach.
     config = TitansConfig(d_model=64, n_layers=2, n_heads=2, head_dim=32, segment_len=64,
                           chunk_size=args.chunk, window=64, n_persistent=4, alpha_max=args.alpha_max,
-                          theta_max=args.theta_max, block=args.block, memory_backend="naive")
+                          theta_max=args.theta_max, block=args.block, inner_step=args.inner_step,
+                          memory_depth=args.depth,
+                          memory_backend="naive")
     model = TitansDNA(config)
     start_gates(model, args.theta_start, args.eta_start)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)

@@ -1,4 +1,4 @@
-"""Segment-wise backpropagation equals autograd through the whole sequence (titans_dna/train/segment_backprop.py).
+"""Segment-wise backpropagation equals autograd through the whole sequence (train/segment_backprop.py).
 
 Float64 on the CPU: the loss and every parameter gradient of `segment_backprop` against `weighted_lm_loss` of
 one forward and its backward, for every block, causal and MLM, with a partial last segment. On a GPU: the
@@ -47,7 +47,7 @@ def test_segment_backprop_equals_autograd(block, causal, seed):
     model.zero_grad(set_to_none=True)
     ours = segment_backprop(model, batch)
     found = grads(model)
-    assert relative_error(loss.detach(), ours) < 1e-6  # the loss is float32 (weighted_lm_loss), summed per segment
+    assert relative_error(loss.detach(), ours) < 1e-6  # a float32 loss (weighted_lm_loss), summed per segment
     assert found.keys() == reference.keys()
     for name, grad in reference.items():
         assert relative_error(grad, found[name]) < 1e-10, name
@@ -75,8 +75,8 @@ def test_one_sequence_at_a_time():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("block, precision", [("mac", "fp32"), ("mac", "bf16"), ("mal", "fp32")])
 def test_graphed_layer_segments_equal_eager(block, precision, seed):
-    """On a GPU (Triton memory path): two steps through the graphed layer-segments (captured in the first) give
-    the eager steps' loss and gradients."""
+    """On a GPU (Triton memory path): two steps through the graphed layer-segments (captured in the first)
+    give the eager steps' loss and gradients."""
     model = small_model(torch.float32, block).cuda()
     runner = SegmentRunner(model, precision, cuda_graphs=True)
     tol = 1e-4 if precision == "fp32" else 2e-2

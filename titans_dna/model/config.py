@@ -9,6 +9,7 @@ from typing import Any
 BLOCKS = ("mac", "mag", "mal", "lmm")
 ACTIVATIONS = ("silu", "gelu")
 BACKENDS = ("auto", "naive", "triton")
+INNER_STEPS = ("chunk_sum", "key_normalized")
 MAX_MEMORY_DEPTH = 4
 
 
@@ -28,6 +29,7 @@ class TitansConfig:
     n_persistent: int = 16  # learned persistent tokens prefixed to every attention
     conv_width: int = 4  # depthwise causal convolution on the memory's q, k, v
     theta_max: float = 0.1  # bound of the inner step summed over a chunk (per token: theta_max / chunk_size)
+    inner_step: str = "chunk_sum"  # "chunk_sum": theta <= theta_max / chunk_size | "key_normalized" (DESIGN)
     eta_max: float = 0.9  # bound of the momentum gate: eta near 1 integrates the update twice and diverges
     alpha_max: float = 1.0  # bound of the forgetting gate per token (1: the paper's); half-life >= ln 2 / it
     window: int = 256  # sliding-window attention span of mag/mal (keys i - window < j <= i)
@@ -59,6 +61,8 @@ class TitansConfig:
             errors.append(f"block must be one of {BLOCKS} (got {self.block!r})")
         if self.memory_activation not in ACTIVATIONS:
             errors.append(f"memory_activation must be one of {ACTIVATIONS} (got {self.memory_activation!r})")
+        if self.inner_step not in INNER_STEPS:
+            errors.append(f"inner_step must be one of {INNER_STEPS} (got {self.inner_step!r})")
         if self.memory_backend not in BACKENDS:
             errors.append(f"memory_backend must be one of {BACKENDS} (got {self.memory_backend!r})")
         if not (isinstance(self.memory_depth, int) and 1 <= self.memory_depth <= MAX_MEMORY_DEPTH):

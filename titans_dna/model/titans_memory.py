@@ -107,7 +107,11 @@ class TitansMemory(nn.Module):
         # Unit-norm values like the keys: the inner loop's growth rate scales with |v|, and with free-scale
         # values pretraining blew the memory to NaN on a CT-repeat + N-gap stretch of chr20 (|v| ~ 3).
         q, k, v = self._streams(x, tail, 3)
-        return MemoryInputs(q, k, v, *self.gate_values(self.gates(x), mask))
+        theta, eta, alpha = self.gate_values(self.gates(x), mask)
+        if self.config.inner_step == "key_normalized":
+            chunk = self.config.chunk_size
+            theta = theta * chunk * (1.0 - eta) / chunk_key_overlap(k, mask, chunk)
+        return MemoryInputs(q, k, v, theta, eta, alpha)
 
     def gate_values(self, logits: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """theta, eta, alpha [B, T, H] (float32 or wider) from the gate projection's logits [B, T, 3H];
@@ -185,3 +189,13 @@ def _initial_memory(H: int, D: int, depth: int, expansion: int) -> list[nn.Param
         E = D * expansion
         shapes = [(E, D)] + [(E, E)] * (depth - 2) + [(D, E)]
     return [nn.Parameter(torch.randn(H, out, inp) / math.sqrt(inp)) for out, inp in shapes]
+
+
+def chunk_key_overlap(k: Tensor, mask: Tensor, chunk: int) -> Tensor:
+    """r [B, T, H]: sum over the tokens j of t's chunk (chunks from position 0) of |k_t . k_j|, padding
+    excluded; 1 for a chunk of orthogonal unit keys, up to the chunk's length for identical ones."""
+    B, T, H, D = k.shape
+    pad = -T % chunk
+    keys = F.pad(k * mask[..., None, None].to(k.dtype), (0, 0, 0, 0, 0, pad)).view(B, -1, chunk, H, D)
+    overlap = torch.einsum("bnihd,bnjhd->bnhij", keys, keys).abs().sum(-1)  # [B, n, H, chunk]
+    return overlap.transpose(2, 3).reshape(B, -1, H)[:, :T].clamp_min(1e-6)

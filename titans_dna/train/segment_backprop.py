@@ -1,20 +1,21 @@
 """Training on one long sequence at batch 1, one layer-segment at a time (issue 6).
 
-Every layer is sequential over its segments (a segment's memory read needs the previous segment's write), so at
-batch 1 an autograd step with segment checkpointing issues some 50 small kernels per layer-segment and pass from
-Python, and the GPU idles (BENCHMARKS.md: busy 10 % of a 4k step). `segment_backprop` computes the same loss and
-parameter gradients in an order whose repeated unit is one function of tensors, which a CUDA graph replays:
+Every layer is sequential over its segments (a segment's memory read needs the previous segment's write), so
+at batch 1 an autograd step with segment checkpointing issues some 50 small kernels per layer-segment and pass
+from Python, and the GPU idles (BENCHMARKS.md: busy 10 % of a 4k step). `segment_backprop` computes the same
+loss and parameter gradients in an order whose repeated unit is one function of tensors, which a CUDA graph
+replays:
 
 1. Forward without autograd, keeping each layer's input and stream state at every segment start.
 2. For s = last .. first and l = top .. bottom: run layer l on segment s again with autograd, from its saved
-   input and state, and backpropagate the gradient of its output (from layer l + 1 on segment s, or the loss on
-   segment s) and of its end state (from layer l on segment s + 1). What comes back is the gradient of its
+   input and state, and backpropagate the gradient of its output (from layer l + 1 on segment s, or the loss
+   on segment s) and of its end state (from layer l on segment s + 1). What comes back is the gradient of its
    input (for layer l - 1) and of its start state (for segment s - 1); parameter gradients accumulate.
 
 Step 2 is the backward of segment checkpointing, in an explicit order. On CUDA each layer's full-segment step
-(from a state of the same shapes) is captured once by `torch.cuda.make_graphed_callables` and replayed for both
-passes; the first segment (no state yet), a partial last segment and CPU runs go eagerly. Memory: the saved
-inputs and states, O(n_layers x T x d_model) plus one memory state per layer-segment.
+(from a state of the same shapes) is captured once by `torch.cuda.make_graphed_callables` and replayed for
+both passes; the first segment (no state yet), a partial last segment and CPU runs go eagerly. Memory: the
+saved inputs and states, O(n_layers x T x d_model) plus one memory state per layer-segment.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from titans_dna.train.objectives import LMBatch, weighted_ce_sum
 
 
 def _carried(t: Tensor) -> bool:
-    """Whether a state tensor is carried from segment to segment (the empty `pending` buffers of a full segment
-    and their masks are not)."""
+    """Whether a state tensor is carried from segment to segment (the empty `pending` buffers of a full
+    segment and their masks are not)."""
     return t.is_floating_point() and t.numel() > 0
 
 
@@ -110,9 +111,10 @@ def _without_checkpointing(model: TitansDNA) -> Iterator[None]:
 def segment_backprop(model: TitansDNA, batch: LMBatch, precision: str = "fp32",
                      cuda_graphs: bool | None = None, runner: SegmentRunner | None = None,
                      scale: float = 1.0) -> Tensor:
-    """Accumulate into the parameters' .grad the gradient of `scale` times the weighted LM loss of one sequence
-    and return that loss (a 0-dim tensor, detached, unscaled): `weighted_lm_loss(model(batch.inputs).logits,
-    batch)` and its backward, segment by segment (module docstring).
+    """Accumulate into the parameters' .grad the gradient of `scale` times the weighted LM loss of one
+    sequence and return that loss (a 0-dim tensor, detached, unscaled): the loss
+    `weighted_lm_loss(model(batch.inputs).logits, batch)` and its backward, segment by segment (module
+    docstring).
 
     Args:
         model: a causal or MLM TitansDNA in train mode.

@@ -111,6 +111,9 @@ def measure(trainer: Trainer, length: int, tokens: int, target_s: float, max_ste
             if micro == 1:
                 return {**record, "status": "OOM", "error": str(err)[:300]}
             micro //= 2
+        except RuntimeError as err:  # say a graph capture the device's torch refuses: the other lengths go on
+            trainer.optimizer.zero_grad(set_to_none=True)
+            return {**record, "status": f"error: {type(err).__name__}", "error": str(err)[:600]}
     seconds = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(device) / GiB if device.type == "cuda" else None
     return {**record, "status": "ok", "micro_batch": micro, "steps": len(times), "step_s": seconds,

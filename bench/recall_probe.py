@@ -54,8 +54,9 @@ def next_base_logp(model: TitansDNA, ids: torch.Tensor) -> torch.Tensor:
 
 def copy_loss(logp: torch.Tensor, starts: torch.Tensor, offset: int, insert: int) -> torch.Tensor:
     """Mean loss on bases 2..insert-1 of the copy at starts + offset (logp from `next_base_logp`)."""
-    span = torch.arange(1, insert - 1)
-    return -logp[torch.arange(logp.shape[0])[:, None], starts[:, None] + offset + span].mean()
+    span = torch.arange(1, insert - 1, device=logp.device)
+    rows = torch.arange(logp.shape[0], device=logp.device)[:, None]
+    return -logp[rows, starts[:, None] + offset + span].mean()
 
 
 def write_signal(model: TitansDNA, ids: torch.Tensor, starts: torch.Tensor, distance: int,
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
     p.add_argument("--log-every", type=int, default=25, help="steps between log rows")
     p.add_argument("--seed", type=int, default=0, help="model init and data")
+    p.add_argument("--device", default="cpu", help="torch device (batches are drawn on the CPU)")
     p.add_argument("--one-pass", action="store_true",
                    help="only measure what one pass over 32 random (key, value) pairs stores, per gate")
     p.add_argument("--out", default=None, help="output folder (default: $OUT, else ./bench_out)")
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                           theta_max=args.theta_max, block=args.block, inner_step=args.inner_step,
                           memory_depth=args.depth,
                           memory_backend="naive")
-    model = TitansDNA(config)
+    model = TitansDNA(config).to(args.device)
     start_gates(model, args.theta_start, args.eta_start)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -161,11 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     # on a batch of its own, so the training batches stay those of a run without it
     probe_batch = make_batch(args.batch, args.length, args.insert, args.distance,
                              torch.Generator().manual_seed(args.seed + 2))
+    probe_batch = tuple(t.to(args.device) for t in probe_batch)
     report["write_signal_at_init"] = write_signal(model, *probe_batch, args.distance, args.insert)
     print(json.dumps({"write_signal_at_init": report["write_signal_at_init"]}), flush=True)
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
-        ids, starts = make_batch(args.batch, args.length, args.insert, args.distance, gen)
+        ids, starts = (t.to(args.device) for t in make_batch(args.batch, args.length, args.insert,
+                                                            args.distance, gen))
         logp = next_base_logp(model, ids)
         loss = -logp.mean()
         optimizer.zero_grad(set_to_none=True)

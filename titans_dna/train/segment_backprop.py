@@ -89,8 +89,11 @@ class SegmentRunner:
         if index not in self.graphed or self.graphed[index][0] != signature:
             sample = (x.detach().clone().requires_grad_(),
                       *(t.detach().clone().requires_grad_() for t in leaves))
-            graphed = torch.cuda.make_graphed_callables(LayerSegment(layer, state, self.precision), sample,
-                                                        allow_unused_input=True)
+            # the first capture comes in the forward pass, under no_grad: a graph captured there would
+            # save nothing for a backward, and make_graphed_callables would capture no backward graph
+            with torch.enable_grad():
+                graphed = torch.cuda.make_graphed_callables(LayerSegment(layer, state, self.precision),
+                                                            sample, allow_unused_input=True)
             self.graphed[index] = signature, graphed
         outs = self.graphed[index][1](x, *leaves)
         return outs[0], with_leaves(state, outs[1:])

@@ -133,6 +133,13 @@ def segment_backprop(model: TitansDNA, batch: LMBatch, precision: str = "fp32",
     if cuda_graphs is None:
         cuda_graphs = ids.is_cuda
     runner = runner or SegmentRunner(model, precision, cuda_graphs)
+    if runner.cuda_graphs:
+        # A graphed backward returns its parameter gradients in static buffers, and autograd adopts a
+        # gradient tensor as .grad when .grad is unset: the next replay would overwrite it. Set, it is added
+        # to.
+        for p in model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
     C = model.config.segment_len
     spans = [(start, min(start + C, ids.shape[1])) for start in range(0, ids.shape[1], C)]
     weight_sum = batch.weights.sum().clamp_min(1e-8)

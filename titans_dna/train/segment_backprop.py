@@ -179,8 +179,11 @@ def segment_backprop(model: TitansDNA, batch: LMBatch, precision: str = "fp32",
                             roots.append(leaf)
                             grads.append(grad)
                 torch.autograd.backward(roots, grads)
-                grad_x = x.grad
-                grad_state[index] = None if state is None else [t.grad for t in carried_leaves(state)]
+                # Copies: a graphed backward leaves these in its static buffers, and the layer's next forward
+                # replay (segment s - 1, before they are used) may reuse that memory for its temporaries.
+                grad_x = x.grad.clone()
+                grad_state[index] = None if state is None else [
+                    None if t.grad is None else t.grad.clone() for t in carried_leaves(state)]
             grad_embedding[:, start:stop] = grad_x
         model.embedding(ids).backward(grad_embedding)
     return loss

@@ -74,28 +74,29 @@ def write_signal(model: TitansDNA, ids: torch.Tensor, starts: torch.Tensor, dist
 
 
 def one_pass_recall(theta_max: float, theta_share: float, eta_share: float, chunk: int = 16,
-                    tokens: int = 32, seed: int = 0) -> dict:
+                    inner_step: str = "chunk_sum", tokens: int = 32, seed: int = 0) -> dict:
     """What one pass stores. The probe's memory (2 heads x 32, W_0 at init) writes `tokens` random unit
-    (key, value) pairs once, at per-token gates theta = theta_max / chunk * theta_share and eta = eta_max *
-    eta_share (no forgetting); then each key is read back. Returns the mean cosine and distance between the
-    answer and its value, before the pass (W_0's answer) and after it."""
+    (key, value) pairs once, with the inner-step gate at `theta_share` of its bound (the layer's `inner_step`
+    rule turns it into per-token steps) and eta = eta_max * eta_share, no forgetting; then each key is read
+    back. Returns the mean cosine and distance between the answer and its value, before the pass (W_0's answer)
+    and after it, and the mean per-token step."""
     torch.manual_seed(seed)
     config = TitansConfig(d_model=64, n_layers=1, n_heads=2, head_dim=32, segment_len=64, chunk_size=chunk,
-                          theta_max=theta_max, memory_backend="naive")
+                          theta_max=theta_max, inner_step=inner_step, memory_backend="naive")
     memory = TitansMemory(config)
     shape = (1, tokens, config.n_heads, config.head_dim)
     keys, values = (torch.nn.functional.normalize(torch.randn(shape), dim=-1) for _ in range(2))
     gate = torch.ones(1, tokens, config.n_heads)
-    inputs = MemoryInputs(keys, keys, values, gate * theta_max / chunk * theta_share,
-                          gate * config.eta_max * eta_share, gate * 0.0)
+    eta = gate * config.eta_max * eta_share
+    theta = memory.inner_step(gate * theta_share, eta, keys, torch.ones(1, tokens, dtype=torch.bool))
     with torch.no_grad():
-        _, written = memory.write(inputs, None)
+        _, written = memory.write(MemoryInputs(keys, keys, values, theta, eta, gate * 0.0), None)
         answers = {"before": memory.read(keys, None), "after": memory.read(keys, written)}
     cosine = {f"cos_{when}": float(torch.nn.functional.cosine_similarity(a, values, dim=-1).mean())
               for when, a in answers.items()}
     distance = {f"dist_{when}": float((a - values).norm(dim=-1).mean()) for when, a in answers.items()}
-    return {"chunk": chunk, "theta_max": theta_max, "theta_share": theta_share,
-            "eta": config.eta_max * eta_share, **cosine, **distance}
+    return {"chunk": chunk, "inner_step": inner_step, "theta_max": theta_max, "theta_share": theta_share,
+            "eta": config.eta_max * eta_share, "theta_mean": float(theta.mean()), **cosine, **distance}
 
 
 def start_gates(model: TitansDNA, theta: float | None, eta: float | None) -> None:
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         grid = [(theta_max, share, eta, 16) for theta_max in (0.1, 1.0) for share in (0.1, 0.5, 0.9)
                 for eta in (0.0, 0.9)]
         grid += [(1.0, share, 0.0, 1) for share in (0.5, 0.9)]  # chunk 1: the exact per-token recurrence
+        grid += [(1.0, 0.9, eta, chunk, "key_normalized") for chunk in (4, 16, 64) for eta in (0.0, 0.9)]
         rows = [one_pass_recall(*setting) for setting in grid]
         for row in rows:
             print(json.dumps(row), flush=True)

@@ -148,7 +148,11 @@ def run_saturated_layer(cls, ids: torch.Tensor, **overrides):
     mask = torch.ones(ids.shape, dtype=torch.bool)
     c = config
     gates = layer.features(x[:, : c.segment_len], mask[:, : c.segment_len], None)
-    assert gates.theta.min() >= (1 - 1e-5) * c.theta_max / c.chunk_size
+    if c.inner_step == "chunk_sum":
+        assert gates.theta.min() >= (1 - 1e-5) * c.theta_max / c.chunk_size
+    else:  # a chunk's keys share theta_max: above its share of theta_max / chunk_size, at most theta_max
+        assert gates.theta.min() >= (1 - 1e-5) * c.theta_max * (1 - c.eta_max) / c.chunk_size
+        assert gates.theta.max() <= c.theta_max * (1 - c.eta_max)
     assert gates.eta.min() >= (1 - 1e-5) * c.eta_max and gates.alpha.max() <= 1.01e-6
     tail = memory = None
     outputs, growth = [], []
@@ -170,6 +174,17 @@ def test_layer_at_gate_bounds_stays_finite_on_low_complexity_dna(low_complexity_
     assert torch.isfinite(out).all()
     assert all(torch.isfinite(t).all() for t in (*ws, *ss))
     assert max(growth) < 2.0, growth  # observed <= 1.17 over 40 seeds
+
+
+def test_key_normalized_step_at_its_bounds_stays_finite_on_low_complexity_dna(low_complexity_chr20, seed):
+    """The key-normalised inner step at its bound (theta_max 1.0 per token shared by overlapping keys, ten
+    times the chunk_sum bound per chunk) on the same stretches: the overlap keeps the near-identical keys of
+    the repeat and the N run from summing their steps."""
+    out, (ws, ss), growth = run_saturated_layer(TitansMemory, low_complexity_chr20, inner_step="key_normalized",
+                                                theta_max=1.0)
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(t).all() for t in (*ws, *ss))
+    assert max(growth) < 2.0, growth
 
 
 def test_layer_before_the_fix_diverges_on_the_same_dna(low_complexity_chr20, seed):

@@ -125,3 +125,31 @@ def test_causal_layer_reads_chunk_start_weights(seed):
                                rtol=0.0, atol=1e-12)
     assert tail.shape == (1, 3, 32)
     torch.testing.assert_close(tail, x[:, -3:])
+
+
+def test_chunk_key_overlap_counts_what_a_chunks_keys_share():
+    """r_t = sum over t's chunk (chunks from position 0, padding left out) of |k_t . k_j|: 1 for orthogonal
+    keys, the number of copies for identical ones, also in a partial last chunk."""
+    eye = torch.eye(4, dtype=torch.float64)
+    same = torch.tensor([0.6, -0.8, 0.0, 0.0], dtype=torch.float64)
+    k = torch.stack([eye[0], eye[1], eye[2], -eye[3],  # chunk 0: orthogonal (a sign changes nothing)
+                     same, same, same, eye[0],  # chunk 1: three copies and one key 0.6 from them
+                     same, same, same])[None, :, None, :]  # partial chunk 2, the last key padding
+    mask = torch.ones(1, 11, dtype=torch.bool)
+    mask[0, 10] = False
+    r = layer_module.chunk_key_overlap(k, mask, 4)[0, :, 0]
+    expected = [1, 1, 1, 1, 3.6, 3.6, 3.6, 2.8, 2, 2, 0]
+    torch.testing.assert_close(r, torch.tensor(expected, dtype=torch.float64).clamp_min(1e-6))
+
+
+def test_key_normalized_step_shares_theta_max_over_overlapping_keys(seed):
+    layer = make_layer(inner_step="key_normalized", theta_max=0.8)
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    mask[1, 7:] = False
+    inputs = layer.features(x, mask, None)
+    share, eta, _ = layer.gate_values(layer.gates(x), mask)
+    r = layer_module.chunk_key_overlap(inputs.k, mask, layer.config.chunk_size)
+    torch.testing.assert_close(inputs.theta, 0.8 * share * (1 - eta) / r)
+    assert (inputs.theta[~mask] == 0).all()
+    assert inputs.theta.max() <= 0.8 and (r[mask] >= 1 - 1e-12).all()

@@ -28,8 +28,9 @@ class TitansConfig:
     segment_len: int = 256  # MAC segment C (a multiple of chunk_size); also the MLM visibility unit
     n_persistent: int = 16  # learned persistent tokens prefixed to every attention
     conv_width: int = 4  # depthwise causal convolution on the memory's q, k, v
-    theta_max: float = 0.1  # bound of the inner step summed over a chunk (per token: theta_max / chunk_size)
-    inner_step: str = "chunk_sum"  # "chunk_sum": theta <= theta_max / chunk_size | "key_normalized" (DESIGN)
+    theta_max: float = 0.1  # bound of the inner step (summed over a chunk, or per key: see inner_step)
+    inner_step: str = "chunk_sum"  # per-token theta: "chunk_sum" <= theta_max / chunk_size | "key_normalized"
+    # theta_max shared by a chunk's overlapping keys (TitansMemory.inner_step)
     eta_max: float = 0.9  # bound of the momentum gate: eta near 1 integrates the update twice and diverges
     alpha_max: float = 1.0  # bound of the forgetting gate per token (1: the paper's); half-life >= ln 2 / it
     window: int = 256  # sliding-window attention span of mag/mal (keys i - window < j <= i)

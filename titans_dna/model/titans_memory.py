@@ -107,15 +107,12 @@ class TitansMemory(nn.Module):
         # Unit-norm values like the keys: the inner loop's growth rate scales with |v|, and with free-scale
         # values pretraining blew the memory to NaN on a CT-repeat + N-gap stretch of chr20 (|v| ~ 3).
         q, k, v = self._streams(x, tail, 3)
-        theta, eta, alpha = self.gate_values(self.gates(x), mask)
-        if self.config.inner_step == "key_normalized":
-            chunk = self.config.chunk_size
-            theta = theta * chunk * (1.0 - eta) / chunk_key_overlap(k, mask, chunk)
-        return MemoryInputs(q, k, v, theta, eta, alpha)
+        theta_share, eta, alpha = self.gate_values(self.gates(x), mask)
+        return MemoryInputs(q, k, v, self.inner_step(theta_share, eta, k, mask), eta, alpha)
 
     def gate_values(self, logits: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """theta, eta, alpha [B, T, H] (float32 or wider) from the gate projection's logits [B, T, 3H];
-        padding (mask False) gets 0 for all three: no write."""
+        """The inner-step gate as a share of its bound in [0, 1], eta and alpha [B, T, H] (float32 or wider)
+        from the gate projection's logits [B, T, 3H]; padding (mask False) gets 0 for all three: no write."""
         c, H = self.config, self.config.n_heads
         if logits.dtype in (torch.float16, torch.bfloat16):  # 1 - GATE_EPS rounds to 1 in half precision
             logits = logits.float()
@@ -123,12 +120,26 @@ class TitansMemory(nn.Module):
         if mask is not None:
             gates = gates * mask.unsqueeze(-1).to(logits.dtype)
         theta, eta, alpha = gates[..., :H], gates[..., H: 2 * H], gates[..., 2 * H:]
-        # Every token of a chunk steps from the chunk-start weights, so a chunk moves the memory by about
-        # sum(theta) / (1 - eta) at once: bounding the per-chunk sum (not the per-token rate) and eta keeps
-        # the inner loop stable on low-complexity DNA (near-identical keys), where theta_max = 0.1 per token
-        # or eta -> 1 diverged to NaN within one 256-token segment of real sequence. alpha_max bounds the
-        # forgetting: a write keeps at least (1 - alpha_max)^D of its weight D tokens later.
-        return (c.theta_max / c.chunk_size) * theta, c.eta_max * eta, c.alpha_max * alpha
+        # alpha_max bounds the forgetting: a write keeps at least (1 - alpha_max)^D of its weight D tokens later.
+        return theta, c.eta_max * eta, c.alpha_max * alpha
+
+    def inner_step(self, share: Tensor, eta: Tensor, k: Tensor, mask: Tensor) -> Tensor:
+        """theta [B, T, H], the per-token inner step the op takes, from the gate's share of its bound.
+
+        Every token of a chunk steps from the chunk-start weights, so a chunk of b tokens with near-identical
+        keys moves the memory's answer to them by about b theta / (1 - eta) at once; on low-complexity DNA
+        theta_max = 0.1 per token (or eta -> 1) diverged to NaN within one 256-token segment of real sequence.
+        "chunk_sum" bounds the per-chunk sum: theta <= theta_max / chunk_size, which keeps one pass of the write
+        from storing much (BENCHMARKS.md, the recall probe). "key_normalized" bounds by what the chunk's keys
+        share: theta = theta_max * share * (1 - eta) / r_t with r_t = sum_j |k_t . k_j| over t's chunk, so
+        orthogonal keys each take up to theta_max, n identical keys split it, and momentum (total gain
+        1 / (1 - eta)) does not raise it. For a matrix memory the chunk update's eigenvalues then stay within
+        theta_max (the rows of D^-1 K sum to at most 1 in absolute value).
+        """
+        c = self.config
+        if c.inner_step == "chunk_sum":
+            return (c.theta_max / c.chunk_size) * share
+        return c.theta_max * share * (1.0 - eta) / chunk_key_overlap(k, mask, c.chunk_size)
 
     # ---- the op -----------------------------------------------------------------------------------------
     def write(self, inputs: MemoryInputs, memory: MemoryState | None) -> tuple[Tensor, MemoryState]:

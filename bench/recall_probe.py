@@ -78,8 +78,8 @@ def one_pass_recall(theta_max: float, theta_share: float, eta_share: float, chun
     """What one pass stores. The probe's memory (2 heads x 32, W_0 at init) writes `tokens` random unit
     (key, value) pairs once, with the inner-step gate at `theta_share` of its bound (the layer's `inner_step`
     rule turns it into per-token steps) and eta = eta_max * eta_share, no forgetting; then each key is read
-    back. Returns the mean cosine and distance between the answer and its value, before the pass (W_0's answer)
-    and after it, and the mean per-token step."""
+    back. Returns the mean cosine and distance between the answer and its value, before the pass (W_0's
+    answer) and after it, and the mean per-token step."""
     torch.manual_seed(seed)
     config = TitansConfig(d_model=64, n_layers=1, n_heads=2, head_dim=32, segment_len=64, chunk_size=chunk,
                           theta_max=theta_max, inner_step=inner_step, memory_backend="naive")

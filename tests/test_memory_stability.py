@@ -180,8 +180,8 @@ def test_key_normalized_step_at_its_bounds_stays_finite_on_low_complexity_dna(lo
     """The key-normalised inner step at its bound (theta_max 1.0 per token shared by overlapping keys, ten
     times the chunk_sum bound per chunk) on the same stretches: the overlap keeps the near-identical keys of
     the repeat and the N run from summing their steps."""
-    out, (ws, ss), growth = run_saturated_layer(TitansMemory, low_complexity_chr20, inner_step="key_normalized",
-                                                theta_max=1.0)
+    out, (ws, ss), growth = run_saturated_layer(TitansMemory, low_complexity_chr20,
+                                                inner_step="key_normalized", theta_max=1.0)
     assert torch.isfinite(out).all()
     assert all(torch.isfinite(t).all() for t in (*ws, *ss))
     assert max(growth) < 2.0, growth

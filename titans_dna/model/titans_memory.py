@@ -120,7 +120,7 @@ class TitansMemory(nn.Module):
         if mask is not None:
             gates = gates * mask.unsqueeze(-1).to(logits.dtype)
         theta, eta, alpha = gates[..., :H], gates[..., H: 2 * H], gates[..., 2 * H:]
-        # alpha_max bounds the forgetting: a write keeps at least (1 - alpha_max)^D of its weight D tokens later.
+        # alpha_max bounds the forgetting: a write keeps >= (1 - alpha_max)^D of its weight D tokens later.
         return theta, c.eta_max * eta, c.alpha_max * alpha
 
     def inner_step(self, share: Tensor, eta: Tensor, k: Tensor, mask: Tensor) -> Tensor:
@@ -129,8 +129,8 @@ class TitansMemory(nn.Module):
         Every token of a chunk steps from the chunk-start weights, so a chunk of b tokens with near-identical
         keys moves the memory's answer to them by about b theta / (1 - eta) at once; on low-complexity DNA
         theta_max = 0.1 per token (or eta -> 1) diverged to NaN within one 256-token segment of real sequence.
-        "chunk_sum" bounds the per-chunk sum: theta <= theta_max / chunk_size, which keeps one pass of the write
-        from storing much (BENCHMARKS.md, the recall probe). "key_normalized" bounds by what the chunk's keys
+        "chunk_sum" bounds the per-chunk sum: theta <= theta_max / chunk_size, which keeps one pass of the
+        write from storing much (BENCHMARKS.md, the recall probe). "key_normalized" bounds by what the chunk's keys
         share: theta = theta_max * share * (1 - eta) / r_t with r_t = sum_j |k_t . k_j| over t's chunk, so
         orthogonal keys each take up to theta_max, n identical keys split it, and momentum (total gain
         1 / (1 - eta)) does not raise it. For a matrix memory the chunk update's eigenvalues then stay within

@@ -130,9 +130,9 @@ class TitansMemory(nn.Module):
         keys moves the memory's answer to them by about b theta / (1 - eta) at once; on low-complexity DNA
         theta_max = 0.1 per token (or eta -> 1) diverged to NaN within one 256-token segment of real sequence.
         "chunk_sum" bounds the per-chunk sum: theta <= theta_max / chunk_size, which keeps one pass of the
-        write from storing much (BENCHMARKS.md, the recall probe). "key_normalized" bounds by what the chunk's keys
-        share: theta = theta_max * share * (1 - eta) / r_t with r_t = sum_j |k_t . k_j| over t's chunk, so
-        orthogonal keys each take up to theta_max, n identical keys split it, and momentum (total gain
+        write from storing much (BENCHMARKS.md, the recall probe). "key_normalized" bounds by what the chunk's
+        keys share: theta = theta_max * share * (1 - eta) / r_t with r_t = sum_j |k_t . k_j| over t's chunk,
+        so orthogonal keys each take up to theta_max, n identical keys split it, and momentum (total gain
         1 / (1 - eta)) does not raise it. For a matrix memory the chunk update's eigenvalues then stay within
         theta_max (the rows of D^-1 K sum to at most 1 in absolute value).
         """

@@ -15,6 +15,7 @@ from titans_dna.model import TitansDNA
 from titans_dna.train import pretrain as pretrain_module
 from titans_dna.train.configs import compose_config
 from titans_dna.train.pretrain import pretrain
+from titans_dna.train.segment_backprop import segment_backprop
 
 # The quickstart preset shrunk to seconds: 2 layers of width 64, 4 windows of 128 bases per step, from the
 # soft-masked hg18 chr20 piece with its last 100 kb held out.
@@ -157,3 +158,25 @@ def test_warm_start_continues_from_a_checkpoint_with_new_settings(tmp_path, data
     other = compose_config([*common, "model.d_model=32", "model.head_dim=16"])
     with pytest.raises(ValueError, match=f"init={first}/checkpoint: its weights do not fit"):
         pretrain_module.warm_start(TitansDNA(instantiate(other.model)), f"{first}/checkpoint")
+
+
+def test_segment_backprop_trains_as_autograd_does(tmp_path, data_dir, seed, monkeypatch):
+    """train.segment_backprop=true (each window alone, layer-segment by layer-segment) follows the default
+    path's losses over 3 steps: the same loss and gradients, so the same updates."""
+    common = [*MICRO, f"seed={seed}", "train.max_steps=3", "train.val_every=3", "train.checkpoint_every=3",
+              "train.micro_batch_size=2"]
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[1].inputs.shape)
+        return segment_backprop(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "segment_backprop", counted)
+    losses = []
+    for by_segment in ("false", "true"):
+        run_dir = tmp_path / by_segment
+        assert main(["pretrain", *common, f"run_dir={run_dir}", f"train.segment_backprop={by_segment}"]) == 0
+        losses.append([float(r["loss"]) for r in read_metrics(run_dir)])
+    assert len(losses[0]) == 4  # 3 train rows and a validation row
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    assert calls == [(1, 128)] * 12  # 3 steps of 4 windows, none padded

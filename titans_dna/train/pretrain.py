@@ -33,9 +33,10 @@ from titans_dna.train.distributed import (
     wrap_model,
 )
 from titans_dna.train.logging_utils import RunLogger, perplexity
-from titans_dna.train.objectives import make_batch, weighted_lm_loss
+from titans_dna.train.objectives import LMBatch, make_batch, weighted_lm_loss
 from titans_dna.train.pretrain_data import EpochIndexed, build_datasets
 from titans_dna.train.schedule import seq_len_at, split_windows, warmup_cosine
+from titans_dna.train.segment_backprop import SegmentRunner, segment_backprop
 
 
 def warm_start(model: TitansDNA, init: str) -> None:
@@ -89,7 +90,13 @@ def pretrain(cfg: DictConfig) -> dict:
     model = TitansDNA(model_cfg)
     if cfg.get("init") and not tc.resume:  # a resumed run restores its own weights below
         warm_start(model, cfg.init)
+    by_segment = bool(tc.get("segment_backprop", False))
+    if by_segment and info.world_size > 1:
+        raise ValueError("train.segment_backprop=true trains on one process: it bypasses the DDP/FSDP "
+                         "wrapper, whose gradient synchronisation would not run")
     model = wrap_model(model.to(info.device), tc.strategy, info)
+    segments = (SegmentRunner(model, tc.precision, cuda_graphs=info.device.type == "cuda") if by_segment
+                else None)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2]},
@@ -205,6 +212,14 @@ def pretrain(cfg: DictConfig) -> dict:
                 if accum > 1 and i < accum - 1 and hasattr(model, "no_sync")
                 else contextlib.nullcontext()
             )
+            if segments is not None and attn is None:  # windows without padding: one at a time, segment-wise
+                # each window weighted by its share of the micro-batch's loss weight: the same loss as below
+                shares = lm.weights.sum(1) / lm.weights.sum().clamp_min(1e-8) / accum
+                for row, share in enumerate(shares.tolist()):
+                    one = LMBatch(lm.inputs[row:row + 1], lm.targets[row:row + 1], lm.weights[row:row + 1])
+                    loss = segment_backprop(model, one, tc.precision, runner=segments, scale=share)
+                    step_loss += share * loss
+                continue
             with sync, autocast():
                 loss, _ = weighted_lm_loss(model(lm.inputs, attention_mask=attn).logits, lm)
             (loss / accum).backward()

@@ -92,11 +92,14 @@ def one_pass_recall(theta_max: float, theta_share: float, eta_share: float, chun
     with torch.no_grad():
         _, written = memory.write(MemoryInputs(keys, keys, values, theta, eta, gate * 0.0), None)
         answers = {"before": memory.read(keys, None), "after": memory.read(keys, written)}
-    cosine = {f"cos_{when}": float(torch.nn.functional.cosine_similarity(a, values, dim=-1).mean())
+    cosine = {f"cos_{when}": torch.nn.functional.cosine_similarity(a, values, dim=-1)[0]
               for when, a in answers.items()}
     distance = {f"dist_{when}": float((a - values).norm(dim=-1).mean()) for when, a in answers.items()}
     return {"chunk": chunk, "inner_step": inner_step, "theta_max": theta_max, "theta_share": theta_share,
-            "eta": config.eta_max * eta_share, "theta_mean": float(theta.mean()), **cosine, **distance}
+            "eta": config.eta_max * eta_share, "tokens": tokens, "theta_mean": float(theta.mean()),
+            **{key: float(c.mean()) for key, c in cosine.items()}, **distance,
+            # the first 32 pairs, written before all the others: what is left of them after `tokens` writes
+            "cos_after_first32": float(cosine["cos_after"][:32].mean())}
 
 
 def start_gates(model: TitansDNA, theta: float | None, eta: float | None) -> None:
@@ -142,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                 for eta in (0.0, 0.9)]
         grid += [(1.0, share, 0.0, 1) for share in (0.5, 0.9)]  # chunk 1: the exact per-token recurrence
         grid += [(1.0, 0.9, eta, chunk, "key_normalized") for chunk in (4, 16, 64) for eta in (0.0, 0.9)]
+        # capacity: 32 pairs followed by more writes, as an insert followed by background
+        grid += [(1.0, 0.9, 0.0, chunk, inner, tokens)
+                 for chunk, inner in ((1, "chunk_sum"), (4, "key_normalized")) for tokens in (128, 512)]
         rows = [one_pass_recall(*setting) for setting in grid]
         for row in rows:
             print(json.dumps(row), flush=True)

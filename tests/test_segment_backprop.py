@@ -16,7 +16,7 @@ from utils import relative_error
 from titans_dna.data.tokenizer import BASE_IDS
 from titans_dna.model import TitansConfig, TitansDNA
 from titans_dna.train.objectives import causal_batch, mlm_batch, weighted_lm_loss
-from titans_dna.train.segment_backprop import SegmentRunner, segment_backprop
+from titans_dna.train.segment_backprop import SegmentRunner, Wavefront, segment_backprop
 
 
 def small_model(dtype: torch.dtype, block: str = "mac", causal: bool = True, **overrides) -> TitansDNA:
@@ -53,6 +53,20 @@ def test_segment_backprop_equals_autograd(block, causal, seed):
         assert relative_error(grad, found[name]) < 1e-10, name
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "backward"])
+def test_wavefront_visits_each_step_after_what_it_needs(reverse):
+    """Forward: (l, s) after (l - 1, s) and (l, s - 1); backward: after (l + 1, s) and (l, s + 1)."""
+    L, n = 3, 5
+    steps = list(Wavefront(None, L, n).steps(reverse))
+    assert sorted(steps) == [(layer, s) for layer in range(L) for s in range(n)]
+    at = {step: i for i, step in enumerate(steps)}
+    d = -1 if reverse else 1
+    for (layer, s), i in at.items():
+        for need in ((layer - d, s), (layer, s - d)):
+            if need in at:
+                assert at[need] < i, ((layer, s), need)
+
+
 def test_layer_checkpointing_is_off_during_and_restored_after(seed):
     model = small_model(torch.float64, gradient_checkpointing=True)
     batch = causal_batch(dna_ids(40, seed))
@@ -75,8 +89,8 @@ def test_one_sequence_at_a_time():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("block, precision", [("mac", "fp32"), ("mac", "bf16"), ("mal", "fp32")])
 def test_graphed_layer_segments_equal_eager(block, precision, seed):
-    """On a GPU (Triton memory path): two steps through the graphed layer-segments (captured in the first)
-    give the eager steps' loss and gradients."""
+    """On a GPU (Triton memory path): two steps through the graphed layer-segments (captured in the first;
+    each layer on its own stream, as a wavefront) give the eager steps' loss and gradients."""
     model = small_model(torch.float32, block).cuda()
     runner = SegmentRunner(model, precision, cuda_graphs=True)
     tol = 1e-4 if precision == "fp32" else 2e-2

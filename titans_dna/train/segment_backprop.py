@@ -14,7 +14,9 @@ replays:
 
 Step 2 is the backward of segment checkpointing, in an explicit order. On CUDA each layer's full-segment step
 (from a state of the same shapes) is captured once by `torch.cuda.make_graphed_callables` and replayed for
-both passes; the first segment (no state yet), a partial last segment and CPU runs go eagerly. Memory: the
+both passes; the first segment (no state yet), a partial last segment and CPU runs go eagerly. Both passes
+run as a wavefront (`Wavefront`): the steps of one wave do not depend on each other, and on CUDA each layer
+runs on its own stream, so the small kernels of up to n_layers layer-segments share the card. Memory: the
 saved inputs and states, O(n_layers x T x d_model) plus one memory state per layer-segment.
 """
 
@@ -69,11 +71,14 @@ class LayerSegment(nn.Module):
 
 class SegmentRunner:
     """Runs each layer on a segment: eagerly, or (CUDA, full segment, captured state shapes) through the
-    layer's graphed `LayerSegment`, captured on its first such call."""
+    layer's graphed `LayerSegment`, captured on its first such call. With graphs, each layer also gets its own
+    CUDA stream (`streams`), on which `segment_backprop` runs that layer's steps as a wavefront."""
 
     def __init__(self, model: TitansDNA, precision: str, cuda_graphs: bool) -> None:
         self.model, self.precision, self.cuda_graphs = model, precision, cuda_graphs
         self.graphed: dict[int, tuple[object, nn.Module]] = {}  # layer -> (state signature, graphed callable)
+        self.streams = ([torch.cuda.Stream(model.device) for _ in model.layers]
+                        if cuda_graphs and model.device.type == "cuda" else None)
 
     def __call__(self, index: int, x: Tensor, state: BlockState | None) -> tuple[Tensor, BlockState]:
         """(out, end state) of layer `index` on segment x [1, t, d] from `state` (None: stream start). With
@@ -97,6 +102,65 @@ class SegmentRunner:
             self.graphed[index] = signature, graphed
         outs = self.graphed[index][1](x, *leaves)
         return outs[0], with_leaves(state, outs[1:])
+
+
+class Wavefront:
+    """The (layer, segment) steps of a pass in wavefront order, each layer's on its own CUDA stream.
+
+    A layer-segment depends on the layer below (forward) or above (backward) on the same segment, and on its
+    own layer's neighbouring segment; the steps of one wave are independent, so on separate streams up to
+    n_layers of them run at once. Without streams (CPU, eager) the same order runs on the current stream.
+    """
+
+    def __init__(self, streams: list[torch.cuda.Stream] | None, n_layers: int, n_segments: int) -> None:
+        self.streams, self.n_layers, self.n_segments = streams, n_layers, n_segments
+        self._done: dict[tuple[int, int], torch.cuda.Event] = {}
+
+    def steps(self, reverse: bool) -> Iterator[tuple[int, int]]:
+        """(layer, segment) pairs: forward, layer l on segment w - l at wave w; reverse, the top layer first
+        and the last segment first."""
+        L, n = self.n_layers, self.n_segments
+        for wave in range(n + L - 1):
+            for depth in range(L):
+                layer = L - 1 - depth if reverse else depth
+                s = n - 1 - (wave - depth) if reverse else wave - depth
+                if 0 <= s < n:
+                    yield layer, s
+
+    @contextlib.contextmanager
+    def step(self, layer: int, s: int, after: tuple[int, int] | None) -> Iterator[None]:
+        """Run the body on `layer`'s stream once step `after` (another layer's, or None) has finished."""
+        if self.streams is None:
+            yield
+            return
+        stream = self.streams[layer]
+        with torch.cuda.stream(stream):
+            if after is not None:
+                stream.wait_event(self._done.pop(after))
+            yield
+            self._done[layer, s] = stream.record_event()
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator[None]:
+        """A pass: the streams start after the work queued so far, and the current stream waits for them at
+        the end."""
+        current = torch.cuda.current_stream() if self.streams else None
+        for stream in self.streams or ():
+            stream.wait_stream(current)
+        try:
+            yield
+        finally:
+            for stream in self.streams or ():
+                current.wait_stream(stream)
+            self._done.clear()
+
+
+def handed_over(t: Tensor) -> Tensor:
+    """t, made by another layer's stream, marked as used by the current one: freed by its maker, its memory is
+    not reused before the current stream's queued work is done."""
+    if t.is_cuda:
+        t.record_stream(torch.cuda.current_stream())
+    return t
 
 
 @contextlib.contextmanager
@@ -143,48 +207,57 @@ def segment_backprop(model: TitansDNA, batch: LMBatch, precision: str = "fp32",
     C = model.config.segment_len
     spans = [(start, min(start + C, ids.shape[1])) for start in range(0, ids.shape[1], C)]
     weight_sum = batch.weights.sum().clamp_min(1e-8)
+    L, n = len(model.layers), len(spans)
+    waves = Wavefront(runner.streams, L, n)
     with _without_checkpointing(model):
-        with torch.no_grad():  # 1. forward, keeping each layer's inputs and segment-start states
+        # 1. forward: each layer's input and start state at every segment
+        inputs: list[list[Tensor | None]] = [[None] * n for _ in range(L)]
+        states: list[list[BlockState | None]] = [[None] * (n + 1) for _ in range(L)]
+        with torch.no_grad():
             x = model.embedding(ids)
-            inputs, states = [], []
-            for index in range(len(model.layers)):
-                inputs.append(x)
-                states.append([None])
-                outs = []
-                for start, stop in spans:
-                    out, state = runner(index, x[:, start:stop], states[index][-1])
-                    # graphed outputs are static buffers, overwritten by the next replay
-                    outs.append(out.clone())
-                    states[index].append(_map_tensors(torch.clone, state))
-                x = torch.cat(outs, dim=1)
-        grad_embedding = torch.zeros_like(inputs[0])
-        grad_state: list[list[Tensor | None] | None] = [None] * len(model.layers)
+            inputs[0] = [x[:, start:stop] for start, stop in spans]
+            with waves.run():
+                for index, s in waves.steps(reverse=False):
+                    with waves.step(index, s, after=(index - 1, s) if index else None):
+                        out, state = runner(index, inputs[index][s], states[index][s])
+                        # graphed outputs are static buffers, overwritten by the next replay
+                        states[index][s + 1] = _map_tensors(torch.clone, state)
+                        if index + 1 < L:
+                            inputs[index + 1][s] = out.clone()
+        # 2. backward, from the top layer and the last segment
+        grad_embedding = torch.zeros_like(x)
+        grad_x: dict[tuple[int, int], Tensor] = {}  # (layer, segment) -> gradient of its input
+        grad_state: list[list[Tensor | None] | None] = [None] * L
         loss = torch.zeros((), device=ids.device)
-        for s, (start, stop) in reversed(list(enumerate(spans))):  # 2. backward, segment by segment
-            grad_x = None
-            for index in reversed(range(len(model.layers))):
-                x = inputs[index][:, start:stop].detach().requires_grad_()
-                state = states[index][s]
-                if state is not None:
-                    state = with_leaves(state, [t.detach().requires_grad_() for t in carried_leaves(state)])
-                out, end = runner(index, x, state)
-                roots, grads = [out], [grad_x]
-                if index == len(model.layers) - 1:
-                    segment = segment_loss(model, out, batch, start, stop, precision) / weight_sum
-                    roots[0], grads[0] = segment * scale, None
-                    loss += segment.detach()
-                if grad_state[index] is not None:  # not the last segment: the next one's start-state gradient
-                    for leaf, grad in zip(carried_leaves(end), grad_state[index], strict=True):
-                        if grad is not None and leaf.requires_grad:
-                            roots.append(leaf)
-                            grads.append(grad)
-                torch.autograd.backward(roots, grads)
-                # Copies: a graphed backward leaves these in its static buffers, and the layer's next forward
-                # replay (segment s - 1, before they are used) may reuse that memory for its temporaries.
-                grad_x = x.grad.clone()
-                grad_state[index] = None if state is None else [
-                    None if t.grad is None else t.grad.clone() for t in carried_leaves(state)]
-            grad_embedding[:, start:stop] = grad_x
+        with waves.run():
+            for index, s in waves.steps(reverse=True):
+                start, stop = spans[s]
+                with waves.step(index, s, after=(index + 1, s) if index + 1 < L else None):
+                    x = inputs[index][s].detach().requires_grad_()
+                    state = states[index][s]
+                    if state is not None:
+                        leaves = [t.detach().requires_grad_() for t in carried_leaves(state)]
+                        state = with_leaves(state, leaves)
+                    out, end = runner(index, x, state)
+                    if index == L - 1:
+                        segment = segment_loss(model, out, batch, start, stop, precision) / weight_sum
+                        roots, grads = [segment * scale], [None]
+                        loss += segment.detach()
+                    else:
+                        roots, grads = [out], [handed_over(grad_x.pop((index + 1, s)))]
+                    if grad_state[index] is not None:  # the start-state gradient of segment s + 1
+                        for leaf, grad in zip(carried_leaves(end), grad_state[index], strict=True):
+                            if grad is not None and leaf.requires_grad:
+                                roots.append(leaf)
+                                grads.append(grad)
+                    torch.autograd.backward(roots, grads)
+                    # Copies: a graphed backward leaves these in its static buffers, and the layer's next
+                    # forward replay (segment s - 1, before they are used) may reuse that memory.
+                    grad_x[index, s] = x.grad.clone()
+                    grad_state[index] = None if state is None else [
+                        None if t.grad is None else t.grad.clone() for t in carried_leaves(state)]
+                    if index == 0:
+                        grad_embedding[:, start:stop] = grad_x.pop((0, s))
         model.embedding(ids).backward(grad_embedding)
     return loss
 

@@ -44,6 +44,7 @@ from titans_dna.train.segment_backprop import SegmentRunner, segment_backprop
 
 GiB = 2**30
 SCOPES = ("memory_op", "attention", "mlp")
+SEGMENT_MODES = ("wavefront", "serial")  # segment_backprop: layers on their own CUDA streams, or one stream
 
 
 class Trainer:
@@ -56,18 +57,23 @@ class Trainer:
         self.model = TitansDNA(config).to(device).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95))
         self.bf16 = device.type == "cuda"
-        self.segments = SegmentRunner(self.model, "bf16" if self.bf16 else "fp32", cuda_graphs=self.bf16)
+        precision = "bf16" if self.bf16 else "fp32"
+        # one runner per mode: each keeps its captured graphs
+        self.runners = {mode: SegmentRunner(self.model, precision, cuda_graphs=self.bf16,
+                                            wavefront=mode == "wavefront") for mode in SEGMENT_MODES}
 
-    def step(self, batch: int, length: int, micro: int, by_segment: bool = False) -> float:
+    def step(self, batch: int, length: int, micro: int, by_segment: str | None = None) -> float:
         """Seconds of one step of `batch` sequences of `length` tokens, `micro` sequences per forward
-        (`by_segment`: one sequence at a time through `segment_backprop`, graphed layer-segments on CUDA)."""
+        (`by_segment`, a SEGMENT_MODES entry: one sequence at a time through `segment_backprop`, graphed
+        layer-segments on CUDA, as a wavefront over streams or layer after layer)."""
         ids = torch.randint(7, 11, (batch, length), device=self.device)  # A, C, G, T
         sync(self.device)
         start = time.perf_counter()
         for lo in range(0, batch, 1 if by_segment else micro):
             if by_segment:
-                segment_backprop(self.model, causal_batch(ids[lo:lo + 1]), self.segments.precision,
-                                 runner=self.segments, scale=1 / batch)
+                runner = self.runners[by_segment]
+                segment_backprop(self.model, causal_batch(ids[lo:lo + 1]), runner.precision, runner=runner,
+                                 scale=1 / batch)
                 continue
             lm = causal_batch(ids[lo:lo + micro])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -87,7 +93,7 @@ def sync(device: torch.device) -> None:
 
 
 def measure(trainer: Trainer, length: int, tokens: int, target_s: float, max_steps: int,
-            by_segment: bool = False) -> dict:
+            by_segment: str | None = None) -> dict:
     """A warm-up step on short sequences of the same batch (MAC runs its kernels per segment, so that compiles
     and autotunes everything this length needs, and captures the layer-segment graphs), then timed steps until
     target_s or max_steps; the micro-batch halves on OOM."""
@@ -95,7 +101,7 @@ def measure(trainer: Trainer, length: int, tokens: int, target_s: float, max_ste
     warm_length = min(length, 4 * trainer.model.config.segment_len)
     micro = 1 if by_segment else batch
     record = {"length": length, "batch": batch, "tokens_per_step": batch * length,
-              "method": "segment_backprop" if by_segment else "autograd"}
+              "method": f"segment_backprop ({by_segment})" if by_segment else "autograd"}
     while True:
         try:
             if device.type == "cuda":
@@ -222,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=1 << 20, help="tokens per optimizer step at every length")
     p.add_argument("--by-segment-from", type=int, default=65536,
                    help="lengths from this one on train through segment_backprop (0: none)")
+    p.add_argument("--segment-modes", default="wavefront",
+                   help=f"comma list of {','.join(SEGMENT_MODES)}: how segment_backprop lengths run")
     p.add_argument("--ratio-ref", type=int, default=8192, help="the length the longest one is compared with")
     p.add_argument("--target-s", type=float, default=15.0, help="seconds of timed steps per length")
     p.add_argument("--max-steps", type=int, default=5, help="most timed steps per length")
@@ -244,11 +252,14 @@ def main(argv: list[str] | None = None) -> int:
               "config": {"preset": args.preset, "tokens": args.tokens, "gradient_checkpointing": True}}
     out = Path(args.out or os.environ.get("OUT") or "bench_out")
     for length in (int(n) for n in args.lengths.split(",")):
-        by_segment = 0 < args.by_segment_from <= length
-        case = measure(trainer, length, args.tokens, args.target_s, args.max_steps, by_segment)
-        report["cases"].append(case)
-        print(json.dumps(report["cases"][-1]), flush=True)
-        ok = {c["length"]: c for c in report["cases"] if c["status"] == "ok"}
+        modes = args.segment_modes.split(",") if 0 < args.by_segment_from <= length else [None]
+        for mode in modes:
+            report["cases"].append(measure(trainer, length, args.tokens, args.target_s, args.max_steps, mode))
+            print(json.dumps(report["cases"][-1]), flush=True)
+        ok = {}  # per length, its fastest way
+        for c in (c for c in report["cases"] if c["status"] == "ok"):
+            if c["length"] not in ok or c["tokens_per_s"] > ok[c["length"]]["tokens_per_s"]:
+                ok[c["length"]] = c
         longest = max((n for n in ok), default=None)
         if args.ratio_ref in ok and longest and longest != args.ratio_ref:
             report["ratio"] = {"long": longest, "ref": args.ratio_ref,

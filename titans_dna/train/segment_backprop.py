@@ -71,14 +71,14 @@ class LayerSegment(nn.Module):
 
 class SegmentRunner:
     """Runs each layer on a segment: eagerly, or (CUDA, full segment, captured state shapes) through the
-    layer's graphed `LayerSegment`, captured on its first such call. With graphs, each layer also gets its own
-    CUDA stream (`streams`), on which `segment_backprop` runs that layer's steps as a wavefront."""
+    layer's graphed `LayerSegment`, captured on its first such call. With graphs and `wavefront`, each layer
+    also gets its own CUDA stream (`streams`), on which `segment_backprop` runs that layer's steps."""
 
-    def __init__(self, model: TitansDNA, precision: str, cuda_graphs: bool) -> None:
+    def __init__(self, model: TitansDNA, precision: str, cuda_graphs: bool, wavefront: bool = True) -> None:
         self.model, self.precision, self.cuda_graphs = model, precision, cuda_graphs
         self.graphed: dict[int, tuple[object, nn.Module]] = {}  # layer -> (state signature, graphed callable)
         self.streams = ([torch.cuda.Stream(model.device) for _ in model.layers]
-                        if cuda_graphs and model.device.type == "cuda" else None)
+                        if wavefront and cuda_graphs and model.device.type == "cuda" else None)
 
     def __call__(self, index: int, x: Tensor, state: BlockState | None) -> tuple[Tensor, BlockState]:
         """(out, end state) of layer `index` on segment x [1, t, d] from `state` (None: stream start). With

@@ -1,10 +1,9 @@
 """Long-context pretraining throughput (issue 6): tokens/s of the `small` model (random init) at 1k, 8k, 64k,
 256k and 1M tokens per sequence with the same tokens per optimizer step (1024 x 1k ... 1 x 1M by default):
 forward + backward + AdamW step of the causal loss, gradient checkpointing over segments
-(`TitansConfig.gradient_checkpointing`), bf16 autocast on CUDA. Lengths from --by-segment-from on train one
-sequence at a time through `titans_dna.train.segment_backprop` (the same gradients, with each layer-segment's
-forward and backward replayed from a CUDA graph on a GPU) in place of autograd over the whole sequence.
-Peak memory per length
+(`TitansConfig.gradient_checkpointing`), bf16 autocast on CUDA. Lengths from --by-segment-from on train
+through `titans_dna.train.segment_backprop` (the same gradients, each layer-segment's forward and backward
+replayed from a CUDA graph on a GPU) in place of autograd over the whole sequence. Peak memory per length
 (torch.cuda.max_memory_allocated, reset per length). Targets: 1M-token sequences train on one 80 GB card, and
 tokens/s at 1M >= 0.3x tokens/s at 8k.
 
@@ -64,16 +63,16 @@ class Trainer:
 
     def step(self, batch: int, length: int, micro: int, by_segment: str | None = None) -> float:
         """Seconds of one step of `batch` sequences of `length` tokens, `micro` sequences per forward
-        (`by_segment`, a SEGMENT_MODES entry: one sequence at a time through `segment_backprop`, graphed
-        layer-segments on CUDA, as a wavefront over streams or layer after layer)."""
+        (`by_segment`, a SEGMENT_MODES entry: through `segment_backprop`, graphed layer-segments on CUDA, as
+        a wavefront over streams or layer after layer)."""
         ids = torch.randint(7, 11, (batch, length), device=self.device)  # A, C, G, T
         sync(self.device)
         start = time.perf_counter()
-        for lo in range(0, batch, 1 if by_segment else micro):
+        for lo in range(0, batch, micro):
             if by_segment:
                 runner = self.runners[by_segment]
-                segment_backprop(self.model, causal_batch(ids[lo:lo + 1]), runner.precision, runner=runner,
-                                 scale=1 / batch)
+                segment_backprop(self.model, causal_batch(ids[lo:lo + micro]), runner.precision,
+                                 runner=runner, scale=micro / batch)
                 continue
             lm = causal_batch(ids[lo:lo + micro])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -99,7 +98,7 @@ def measure(trainer: Trainer, length: int, tokens: int, target_s: float, max_ste
     target_s or max_steps; the micro-batch halves on OOM."""
     device, batch = trainer.device, max(1, tokens // length)
     warm_length = min(length, 4 * trainer.model.config.segment_len)
-    micro = 1 if by_segment else batch
+    micro = batch
     record = {"length": length, "batch": batch, "tokens_per_step": batch * length,
               "method": f"segment_backprop ({by_segment})" if by_segment else "autograd"}
     while True:

@@ -161,8 +161,8 @@ def test_warm_start_continues_from_a_checkpoint_with_new_settings(tmp_path, data
 
 
 def test_segment_backprop_trains_as_autograd_does(tmp_path, data_dir, seed, monkeypatch):
-    """train.segment_backprop=true (each window alone, layer-segment by layer-segment) follows the default
-    path's losses over 3 steps: the same loss and gradients, so the same updates."""
+    """train.segment_backprop=true (layer-segment by layer-segment) follows the default path's losses over 3
+    steps: the same loss and gradients, so the same updates."""
     common = [*MICRO, f"seed={seed}", "train.max_steps=3", "train.val_every=3", "train.checkpoint_every=3",
               "train.micro_batch_size=2"]
     calls = []
@@ -179,4 +179,4 @@ def test_segment_backprop_trains_as_autograd_does(tmp_path, data_dir, seed, monk
         losses.append([float(r["loss"]) for r in read_metrics(run_dir)])
     assert len(losses[0]) == 4  # 3 train rows and a validation row
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
-    assert calls == [(1, 128)] * 12  # 3 steps of 4 windows, none padded
+    assert calls == [(2, 128)] * 6  # 3 steps of 2 micro-batches of 2 windows, none padded

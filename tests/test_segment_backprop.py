@@ -80,22 +80,31 @@ def test_layer_checkpointing_is_off_during_and_restored_after(seed):
         assert relative_error(grad, model.get_parameter(name).grad) < 1e-10, name
 
 
-def test_one_sequence_at_a_time():
+def test_a_batch_of_sequences_equals_autograd(seed):
+    """Three sequences at once (each layer-segment step runs on all three)."""
     model = small_model(torch.float64)
-    with pytest.raises(ValueError, match="one sequence at a time"):
-        segment_backprop(model, causal_batch(dna_ids(20, 0).repeat(2, 1)))
+    batch = causal_batch(torch.cat([dna_ids(40, seed + i) for i in range(3)]))
+    loss, _ = weighted_lm_loss(model(batch.inputs).logits, batch)
+    loss.backward()
+    reference = grads(model)
+    model.zero_grad(set_to_none=True)
+    segment_backprop(model, batch, scale=0.5)
+    for name, grad in reference.items():
+        assert relative_error(0.5 * grad, model.get_parameter(name).grad) < 1e-10, name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("block, precision", [("mac", "fp32"), ("mac", "bf16"), ("mal", "fp32")])
 def test_graphed_layer_segments_equal_eager(block, precision, seed):
-    """On a GPU (Triton memory path): two steps through the graphed layer-segments (captured in the first;
-    each layer on its own stream, as a wavefront) give the eager steps' loss and gradients."""
+    """On a GPU (Triton memory path): two steps through the graphed layer-segments (captured in the first,
+    captured again for the second's batch of two; each layer on its own stream, as a wavefront) give the eager
+    steps' loss and gradients."""
     model = small_model(torch.float32, block).cuda()
     runner = SegmentRunner(model, precision, cuda_graphs=True)
     tol = 1e-4 if precision == "fp32" else 2e-2
     for step in range(2):
-        batch = causal_batch(dna_ids(16 * 9 + 5, seed + step).cuda())
+        ids = torch.cat([dna_ids(16 * 9 + 5, seed + step + i) for i in range(1 + step)])  # then 2 sequences
+        batch = causal_batch(ids.cuda())
         model.zero_grad(set_to_none=True)
         eager_loss = segment_backprop(model, batch, precision, cuda_graphs=False)
         eager = grads(model)

@@ -33,7 +33,7 @@ from titans_dna.train.distributed import (
     wrap_model,
 )
 from titans_dna.train.logging_utils import RunLogger, perplexity
-from titans_dna.train.objectives import LMBatch, make_batch, weighted_lm_loss
+from titans_dna.train.objectives import make_batch, weighted_lm_loss
 from titans_dna.train.pretrain_data import EpochIndexed, build_datasets
 from titans_dna.train.schedule import seq_len_at, split_windows, warmup_cosine
 from titans_dna.train.segment_backprop import SegmentRunner, segment_backprop
@@ -212,13 +212,9 @@ def pretrain(cfg: DictConfig) -> dict:
                 if accum > 1 and i < accum - 1 and hasattr(model, "no_sync")
                 else contextlib.nullcontext()
             )
-            if segments is not None and attn is None:  # windows without padding: one at a time, segment-wise
-                # each window weighted by its share of the micro-batch's loss weight: the same loss as below
-                shares = lm.weights.sum(1) / lm.weights.sum().clamp_min(1e-8) / accum
-                for row, share in enumerate(shares.tolist()):
-                    one = LMBatch(lm.inputs[row:row + 1], lm.targets[row:row + 1], lm.weights[row:row + 1])
-                    loss = segment_backprop(model, one, tc.precision, runner=segments, scale=share)
-                    step_loss += share * loss
+            if segments is not None and attn is None:  # windows without padding: segment by segment
+                loss = segment_backprop(model, lm, tc.precision, runner=segments, scale=1 / accum)
+                step_loss += loss / accum
                 continue
             with sync, autocast():
                 loss, _ = weighted_lm_loss(model(lm.inputs, attention_mask=attn).logits, lm)

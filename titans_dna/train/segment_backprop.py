@@ -1,4 +1,4 @@
-"""Training on one long sequence at batch 1, one layer-segment at a time (issue 6).
+"""Training on long sequences, one layer-segment at a time (issue 6).
 
 Every layer is sequential over its segments (a segment's memory read needs the previous segment's write), so
 at batch 1 an autograd step with segment checkpointing issues some 50 small kernels per layer-segment and pass
@@ -56,7 +56,7 @@ def with_leaves(template: BlockState, leaves: tuple[Tensor, ...] | list[Tensor])
 
 class LayerSegment(nn.Module):
     """One layer on one full segment from an explicit state, as a function of tensors:
-    (x [1, C, d], *carried start-state leaves) -> (out [1, C, d], *carried end-state leaves)."""
+    (x [B, C, d], *carried start-state leaves) -> (out [B, C, d], *carried end-state leaves)."""
 
     def __init__(self, layer: TitansLayer, template: BlockState, precision: str) -> None:
         super().__init__()
@@ -81,7 +81,7 @@ class SegmentRunner:
                         if wavefront and cuda_graphs and model.device.type == "cuda" else None)
 
     def __call__(self, index: int, x: Tensor, state: BlockState | None) -> tuple[Tensor, BlockState]:
-        """(out, end state) of layer `index` on segment x [1, t, d] from `state` (None: stream start). With
+        """(out, end state) of layer `index` on segment x [B, t, d] from `state` (None: stream start). With
         grad enabled the result is differentiable in x and the carried leaves of `state`."""
         layer = self.model.layers[index]
         full = x.shape[1] == self.model.config.segment_len
@@ -178,22 +178,21 @@ def _without_checkpointing(model: TitansDNA) -> Iterator[None]:
 def segment_backprop(model: TitansDNA, batch: LMBatch, precision: str = "fp32",
                      cuda_graphs: bool | None = None, runner: SegmentRunner | None = None,
                      scale: float = 1.0) -> Tensor:
-    """Accumulate into the parameters' .grad the gradient of `scale` times the weighted LM loss of one
-    sequence and return that loss (a 0-dim tensor, detached, unscaled): the loss
+    """Accumulate into the parameters' .grad the gradient of `scale` times the weighted LM loss of a batch
+    and return that loss (a 0-dim tensor, detached, unscaled): the loss
     `weighted_lm_loss(model(batch.inputs).logits, batch)` and its backward, segment by segment (module
     docstring).
 
     Args:
         model: a causal or MLM TitansDNA in train mode.
-        batch: an `LMBatch` of one sequence ([1, T]) without padding.
+        batch: an `LMBatch` of sequences of one length ([B, T]) without padding; a batch's sequences share
+            every kernel, so B sequences cost about what one does at batch 1.
         precision: autocast precision ("fp32" | "bf16" | "fp16" | "auto").
         cuda_graphs: replay each layer's full-segment step from a CUDA graph (None: on for a CUDA model).
         runner: a `SegmentRunner` to reuse across steps (keeps its graphs); None makes one.
-        scale: the gradient's factor (1 / sequences per step when accumulating a batch one at a time).
+        scale: the gradient's factor (1 / micro-batches per step when accumulating).
     """
     ids = batch.inputs
-    if ids.shape[0] != 1:
-        raise ValueError(f"segment_backprop trains one sequence at a time; got a batch of {ids.shape[0]}")
     if cuda_graphs is None:
         cuda_graphs = ids.is_cuda
     runner = runner or SegmentRunner(model, precision, cuda_graphs)
@@ -265,7 +264,7 @@ def segment_backprop(model: TitansDNA, batch: LMBatch, precision: str = "fp32",
 def segment_loss(model: TitansDNA, out: Tensor, batch: LMBatch, start: int, stop: int,
                  precision: str) -> Tensor:
     """The weighted cross-entropy summed over positions start..stop-1 from the top layer's output there,
-    out [1, t, d]."""
+    out [B, t, d]."""
     with autocast(out.device, precision):
         logits = model.head(out).logits
     return weighted_ce_sum(logits, batch.targets[:, start:stop], batch.weights[:, start:stop])

@@ -33,10 +33,16 @@ from titans_dna.model import TitansConfig, TitansDNA
 from titans_dna.model.titans_memory import MemoryInputs, TitansMemory
 
 
-def make_batch(batch: int, length: int, insert: int, distance: int, gen: torch.Generator):
-    """ids [batch, length] of random bases with an insert at p and its copy at p + distance; p [batch]."""
+def make_batch(batch: int, length: int, insert: int, distance: int, gen: torch.Generator, period: int = 0):
+    """ids [batch, length] of random bases with an insert at p and its copy at p + distance; p [batch].
+    period > 0: the background repeats a random unit of that many bases (its own per sequence), so it is
+    predictable from context and only the insert surprises."""
     bases = torch.tensor(BASE_IDS)
-    ids = bases[torch.randint(0, 4, (batch, length), generator=gen)]
+    if period:
+        unit = torch.randint(0, 4, (batch, period), generator=gen)
+        ids = bases[unit.repeat(1, -(-length // period))[:, :length]]
+    else:
+        ids = bases[torch.randint(0, 4, (batch, length), generator=gen)]
     starts = torch.randint(8, length - distance - insert - 1, (batch,), generator=gen)
     copy = bases[torch.randint(0, 4, (batch, insert), generator=gen)]
     span = torch.arange(insert)
@@ -121,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--length", type=int, default=384, help="tokens per sequence")
     p.add_argument("--insert", type=int, default=24, help="bases in the repeated insert")
     p.add_argument("--batch", type=int, default=16, help="sequences per step")
+    p.add_argument("--period", type=int, default=0,
+                   help="background: a random unit of this many bases repeated (0: uniform random bases)")
     p.add_argument("--block", default="mac", help="mac | mag | mal | lmm")
     p.add_argument("--alpha-max", type=float, default=1e-3, help="forgetting-gate bound per token")
     p.add_argument("--theta-max", type=float, default=0.1, help="inner-step bound summed over a chunk")
@@ -170,14 +178,14 @@ def main(argv: list[str] | None = None) -> int:
               "environment": {"python": platform.python_version(), "torch": torch.__version__}, "log": []}
     # on a batch of its own, so the training batches stay those of a run without it
     probe_batch = make_batch(args.batch, args.length, args.insert, args.distance,
-                             torch.Generator().manual_seed(args.seed + 2))
+                             torch.Generator().manual_seed(args.seed + 2), args.period)
     probe_batch = tuple(t.to(args.device) for t in probe_batch)
     report["write_signal_at_init"] = write_signal(model, *probe_batch, args.distance, args.insert)
     print(json.dumps({"write_signal_at_init": report["write_signal_at_init"]}), flush=True)
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         ids, starts = (t.to(args.device) for t in make_batch(args.batch, args.length, args.insert,
-                                                            args.distance, gen))
+                                                            args.distance, gen, args.period))
         logp = next_base_logp(model, ids)
         loss = -logp.mean()
         optimizer.zero_grad(set_to_none=True)

@@ -25,6 +25,18 @@ def test_batch_repeats_the_insert_and_the_loss_reads_it(seed):
     assert probe.copy_loss(logp, starts, 100, 24) == 0.0 and probe.copy_loss(logp, starts, 0, 24) == 5.0
 
 
+def test_periodic_background_repeats_outside_the_copies(seed):
+    probe = load_script("bench/recall_probe.py")
+    ids, starts = probe.make_batch(4, 200, 24, 100, torch.Generator().manual_seed(seed), period=7)
+    for row, s in zip(ids, starts.tolist(), strict=True):
+        assert torch.equal(row[s:s + 24], row[s + 100:s + 124])
+        background = torch.ones(200, dtype=torch.bool)
+        background[s:s + 24] = background[s + 100:s + 124] = False
+        t = torch.arange(7, 200)
+        keep = background[t] & background[t - 7]
+        assert torch.equal(row[t[keep]], row[t[keep] - 7])
+
+
 def test_a_short_run_writes_its_curve(tmp_path):
     probe = load_script("bench/recall_probe.py")
     argv = ["--distance", "32", "--steps", "2", "--length", "96", "--batch", "2", "--log-every", "1"]

@@ -8,8 +8,8 @@ one launch per piece.
 
 `step` is the forward that the graph captures: ``model(ids, state=state, return_state=True)`` without the
 input checks, whose padding test synchronises the host with the device (which capture forbids).
-`wavefront_step` is the same forward in wavefront order, the layers on one CUDA stream each, so the graph runs up
-to n_layers layer-segments at once (the default; 3x faster on a whole genome, BENCHMARKS.md).
+`wavefront_step` is the same forward in wavefront order, the layers on one CUDA stream each, so the graph runs
+up to n_layers layer-segments at once (the default; 3x faster on a whole genome, BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ Writes long_range.json, long_range.md and long_range.png to --out (default $OUT,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -50,37 +49,11 @@ from titans_dna.data.paths import shared_data_dir
 from titans_dna.data.tokenizer import BASE_IDS
 from titans_dna.model import TitansConfig, TitansDNA
 from titans_dna.model.retention import forgetting_rates, half_lives
-from titans_dna.model.titans_dna import ModelState
-from titans_dna.train.classifiers import autocast
 from titans_dna.train.inference import load_backbone
-from titans_dna.train.streaming import shifted_logliks
+from titans_dna.train.streaming import stream_logliks
 
 BACKGROUND = "genomes/GRCh37_chr20_010-020Mb.fa.gz"
 VARIANTS = ("memory", "memory_reset")
-
-
-@torch.no_grad()
-def token_logliks(model: TitansDNA, ids: torch.Tensor, reset_memory: bool, piece_segments: int,
-                  precision: str) -> torch.Tensor:
-    """log p(x_i | x_<i) [T] (float32, CPU; NaN at 0) of ids [T] streamed as one sequence.
-
-    reset_memory: pieces of one segment, and each layer's memory state set back to None (= W_0, S = 0) after
-    every piece; conv tails and everything else carried as usual.
-    """
-    seg = model.config.segment_len
-    piece = seg if reset_memory else seg * piece_segments
-    state, out_ll, context = None, [], None
-    for start in range(0, ids.shape[0], piece):
-        chunk = ids[start:start + piece]
-        with autocast(ids.device, precision):
-            out = model(chunk[None], state=state, return_state=True)
-        state = out.state
-        if reset_memory:
-            state = ModelState([dataclasses.replace(layer, memory=None) for layer in state.layers])
-        logp = torch.log_softmax(out.logits[0].float(), dim=-1)
-        out_ll.append(shifted_logliks(logp, chunk, context))
-        context = logp[-1:]
-    return torch.cat(out_ll).cpu()
 
 
 def build_sequence(background: np.ndarray, insert: np.ndarray, prefix: int, distance: int) -> np.ndarray:
@@ -108,7 +81,7 @@ def run(model: TitansDNA, genome: Genome, args: argparse.Namespace) -> Iterator[
             second = slice(args.prefix + distance, args.prefix + distance + args.insert)
             for variant in VARIANTS:
                 start = time.perf_counter()
-                ll = token_logliks(model, seq, variant == "memory_reset", args.piece_segments, precision)
+                ll = stream_logliks(model, seq, precision, args.piece_segments, variant == "memory_reset")
                 yield {"trial": trial, "distance": distance, "variant": variant, "background_start": lo,
                        "loss_first": -float(ll[first].mean()), "loss_second": -float(ll[second].mean()),
                        "loss_background": -float(ll[1:args.prefix].mean()), "tokens": int(seq.shape[0]),

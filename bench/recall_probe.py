@@ -10,8 +10,9 @@ away only the long-term memory can. The log reports the loss on both copies (bas
     python bench/recall_probe.py --distance 32 --steps 600 --out OUT     # control: inside one segment
     python bench/recall_probe.py --one-pass --out OUT                    # what one pass of the write stores
 Before training it reports, per layer, the gradient norms of the memory's q, k and v projections from the
-second copy's loss (k and v act only through the write). Writes recall_probe.json (those norms, the loss curve
-and the settings) to --out (default $OUT, else ./bench_out).
+second copy's loss (k and v act only through the write); after it, the loss on both copies of that batch with
+the memory carried and with it reset after every segment (`memory_ablation`). Writes recall_probe.json (those,
+the loss curve and the settings) to --out (default $OUT, else ./bench_out).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from titans_dna.data.atomic import atomic_write_text
 from titans_dna.data.tokenizer import BASE_IDS
 from titans_dna.model import TitansConfig, TitansDNA
 from titans_dna.model.titans_memory import MemoryInputs, TitansMemory
+from titans_dna.train.streaming import stream_logliks
 
 
 def make_batch(batch: int, length: int, insert: int, distance: int, gen: torch.Generator, period: int = 0):
@@ -63,6 +65,21 @@ def copy_loss(logp: torch.Tensor, starts: torch.Tensor, offset: int, insert: int
     span = torch.arange(1, insert - 1, device=logp.device)
     rows = torch.arange(logp.shape[0], device=logp.device)[:, None]
     return -logp[rows, starts[:, None] + offset + span].mean()
+
+
+def memory_ablation(model: TitansDNA, ids: torch.Tensor, starts: torch.Tensor, distance: int,
+                    insert: int) -> dict:
+    """Loss on both copies of a batch, each sequence streamed with the memory carried across segments and with
+    it reset after every segment (`stream_logliks`): what the long-term memory itself contributes."""
+    was_training = model.training
+    model.eval()
+    result = {}
+    for name, reset in (("carried", False), ("reset", True)):
+        logp = torch.stack([stream_logliks(model, row, reset_memory=reset)[1:] for row in ids])
+        result[name] = {"first_copy": copy_loss(logp, starts.cpu(), 0, insert).item(),
+                        "second_copy": copy_loss(logp, starts.cpu(), distance, insert).item()}
+    model.train(was_training)
+    return result
 
 
 def write_signal(model: TitansDNA, ids: torch.Tensor, starts: torch.Tensor, distance: int,
@@ -201,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             report["log"].append(row)
             print(json.dumps(row), flush=True)
             atomic_write_text(out / "recall_probe.json", json.dumps(report, indent=1))
+    report["memory_ablation"] = memory_ablation(model, *probe_batch, args.distance, args.insert)
+    print(json.dumps({"memory_ablation": report["memory_ablation"]}), flush=True)
+    atomic_write_text(out / "recall_probe.json", json.dumps(report, indent=1))
     return 0
 
 

@@ -43,8 +43,13 @@ def test_a_short_run_writes_its_curve(tmp_path):
     assert probe.main([*argv, "--out", str(tmp_path)]) == 0
     log = json.loads((tmp_path / "recall_probe.json").read_text())["log"]
     assert [row["step"] for row in log] == [1, 2] and all(row["loss"] > 0 for row in log)
-    signal = json.loads((tmp_path / "recall_probe.json").read_text())["write_signal_at_init"]
+    report = json.loads((tmp_path / "recall_probe.json").read_text())
+    signal = report["write_signal_at_init"]
     assert len(signal) == 2 and all(layer[name] > 0 for layer in signal for name in "qkv")
+    ablation = report["memory_ablation"]
+    assert {k: sorted(v) for k, v in ablation.items()} == {"carried": ["first_copy", "second_copy"],
+                                                          "reset": ["first_copy", "second_copy"]}
+    assert all(0 < loss < 10 for v in ablation.values() for loss in v.values())
 
 
 def test_gate_starts_set_the_gates_a_model_begins_with():

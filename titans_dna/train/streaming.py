@@ -12,6 +12,7 @@ counts). File writers are in ``stream_writers.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterator
@@ -72,6 +73,30 @@ def shifted_logliks(logp: Tensor, ids: Tensor, context: Tensor | None) -> Tensor
     if context is None:
         context = logp.new_full((1, logp.shape[1]), math.nan)
     return torch.cat([context, logp[:-1]]).gather(1, ids[:, None])[:, 0]
+
+
+@torch.no_grad()
+def stream_logliks(model: TitansDNA, ids: Tensor, precision: str = "fp32",
+                   piece_segments: int = PIECE_SEGMENTS, reset_memory: bool = False) -> Tensor:
+    """log p(x_i | x_<i) [T] (float32, on the CPU; NaN at 0) of ids [T] streamed as one sequence, eagerly.
+
+    reset_memory: the ablation of the long-term memory. Pieces of one segment, and after each one every
+    layer's memory state goes back to None (W_0, S = 0); conv tails and attention state are carried as usual,
+    so only what the memory carries across segments is lost.
+    """
+    piece = model.config.segment_len * (1 if reset_memory else piece_segments)
+    state, out, context = None, [], None
+    for start in range(0, ids.shape[0], piece):
+        chunk = ids[start:start + piece]
+        with autocast(ids.device, precision):
+            result = model(chunk[None], state=state, return_state=True)
+        state = result.state
+        if reset_memory:
+            state = ModelState([dataclasses.replace(layer, memory=None) for layer in state.layers])
+        logp = torch.log_softmax(result.logits[0].float(), dim=-1)
+        out.append(shifted_logliks(logp, chunk, context))
+        context = logp[-1:]
+    return torch.cat(out).cpu()
 
 
 class BinPooler:

@@ -34,6 +34,8 @@ from titans_dna.model.titans_dna import TitansDNA, TitansLayer
 from titans_dna.train.classifiers import autocast
 from titans_dna.train.objectives import LMBatch, weighted_ce_sum
 
+Span = tuple[int, int]  # [start, stop) of a segment in the sequence
+
 
 def _carried(t: Tensor) -> bool:
     """Whether a state tensor is carried from segment to segment (the empty `pending` buffers of a full
@@ -205,59 +207,73 @@ def segment_backprop(model: TitansDNA, batch: LMBatch, precision: str = "fp32",
                 p.grad = torch.zeros_like(p)
     C = model.config.segment_len
     spans = [(start, min(start + C, ids.shape[1])) for start in range(0, ids.shape[1], C)]
-    weight_sum = batch.weights.sum().clamp_min(1e-8)
-    L, n = len(model.layers), len(spans)
-    waves = Wavefront(runner.streams, L, n)
+    waves = Wavefront(runner.streams, len(model.layers), len(spans))
     with _without_checkpointing(model):
-        # 1. forward: each layer's input and start state at every segment
-        inputs: list[list[Tensor | None]] = [[None] * n for _ in range(L)]
-        states: list[list[BlockState | None]] = [[None] * (n + 1) for _ in range(L)]
-        with torch.no_grad():
-            x = model.embedding(ids)
-            inputs[0] = [x[:, start:stop] for start, stop in spans]
-            with waves.run():
-                for index, s in waves.steps(reverse=False):
-                    with waves.step(index, s, after=(index - 1, s) if index else None):
-                        out, state = runner(index, inputs[index][s], states[index][s])
-                        # graphed outputs are static buffers, overwritten by the next replay
-                        states[index][s + 1] = _map_tensors(torch.clone, state)
-                        if index + 1 < L:
-                            inputs[index + 1][s] = out.clone()
-        # 2. backward, from the top layer and the last segment
+        x, inputs, states = _forward(model, runner, waves, ids, spans)
         grad_embedding = torch.zeros_like(x)
-        grad_x: dict[tuple[int, int], Tensor] = {}  # (layer, segment) -> gradient of its input
-        grad_state: list[list[Tensor | None] | None] = [None] * L
-        loss = torch.zeros((), device=ids.device)
-        with waves.run():
-            for index, s in waves.steps(reverse=True):
-                start, stop = spans[s]
-                with waves.step(index, s, after=(index + 1, s) if index + 1 < L else None):
-                    x = inputs[index][s].detach().requires_grad_()
-                    state = states[index][s]
-                    if state is not None:
-                        leaves = [t.detach().requires_grad_() for t in carried_leaves(state)]
-                        state = with_leaves(state, leaves)
-                    out, end = runner(index, x, state)
-                    if index == L - 1:
-                        segment = segment_loss(model, out, batch, start, stop, precision) / weight_sum
-                        roots, grads = [segment * scale], [None]
-                        loss += segment.detach()
-                    else:
-                        roots, grads = [out], [handed_over(grad_x.pop((index + 1, s)))]
-                    if grad_state[index] is not None:  # the start-state gradient of segment s + 1
-                        for leaf, grad in zip(carried_leaves(end), grad_state[index], strict=True):
-                            if grad is not None and leaf.requires_grad:
-                                roots.append(leaf)
-                                grads.append(grad)
-                    torch.autograd.backward(roots, grads)
-                    # Copies: a graphed backward leaves these in its static buffers, and the layer's next
-                    # forward replay (segment s - 1, before they are used) may reuse that memory.
-                    grad_x[index, s] = x.grad.clone()
-                    grad_state[index] = None if state is None else [
-                        None if t.grad is None else t.grad.clone() for t in carried_leaves(state)]
-                    if index == 0:
-                        grad_embedding[:, start:stop] = grad_x.pop((0, s))
+        loss = _backward(model, runner, waves, batch, spans, inputs, states, grad_embedding, precision, scale)
         model.embedding(ids).backward(grad_embedding)
+    return loss
+
+
+def _forward(model: TitansDNA, runner: SegmentRunner, waves: Wavefront, ids: Tensor,
+             spans: list[Span]) -> tuple[Tensor, list[list[Tensor | None]], list[list[BlockState | None]]]:
+    """Step 1 without autograd: the embedded ids, and per layer and segment its input and start state."""
+    L, n = len(model.layers), len(spans)
+    inputs: list[list[Tensor | None]] = [[None] * n for _ in range(L)]
+    states: list[list[BlockState | None]] = [[None] * (n + 1) for _ in range(L)]
+    with torch.no_grad():
+        x = model.embedding(ids)
+        inputs[0] = [x[:, start:stop] for start, stop in spans]
+        with waves.run():
+            for index, s in waves.steps(reverse=False):
+                with waves.step(index, s, after=(index - 1, s) if index else None):
+                    out, state = runner(index, inputs[index][s], states[index][s])
+                    # graphed outputs are static buffers, overwritten by the next replay
+                    states[index][s + 1] = _map_tensors(torch.clone, state)
+                    if index + 1 < L:
+                        inputs[index + 1][s] = out.clone()
+    return x, inputs, states
+
+
+def _backward(model: TitansDNA, runner: SegmentRunner, waves: Wavefront, batch: LMBatch, spans: list[Span],
+              inputs: list[list[Tensor | None]], states: list[list[BlockState | None]],
+              grad_embedding: Tensor, precision: str, scale: float) -> Tensor:
+    """Step 2, from the top layer and the last segment: parameter gradients accumulate, the embedding's
+    input gradient goes into grad_embedding [B, T, d]; returns the loss."""
+    L = len(model.layers)
+    weight_sum = batch.weights.sum().clamp_min(1e-8)
+    grad_x: dict[tuple[int, int], Tensor] = {}  # (layer, segment) -> gradient of its input
+    grad_state: list[list[Tensor | None] | None] = [None] * L
+    loss = torch.zeros((), device=grad_embedding.device)
+    with waves.run():
+        for index, s in waves.steps(reverse=True):
+            start, stop = spans[s]
+            with waves.step(index, s, after=(index + 1, s) if index + 1 < L else None):
+                x = inputs[index][s].detach().requires_grad_()
+                state = states[index][s]
+                if state is not None:
+                    state = with_leaves(state, [t.detach().requires_grad_() for t in carried_leaves(state)])
+                out, end = runner(index, x, state)
+                if index == L - 1:
+                    segment = segment_loss(model, out, batch, start, stop, precision) / weight_sum
+                    roots, grads = [segment * scale], [None]
+                    loss += segment.detach()
+                else:
+                    roots, grads = [out], [handed_over(grad_x.pop((index + 1, s)))]
+                if grad_state[index] is not None:  # the start-state gradient of segment s + 1
+                    for leaf, grad in zip(carried_leaves(end), grad_state[index], strict=True):
+                        if grad is not None and leaf.requires_grad:
+                            roots.append(leaf)
+                            grads.append(grad)
+                torch.autograd.backward(roots, grads)
+                # Copies: a graphed backward leaves these in its static buffers, and the layer's next
+                # forward replay (segment s - 1, before they are used) may reuse that memory.
+                grad_x[index, s] = x.grad.clone()
+                grad_state[index] = None if state is None else [
+                    None if t.grad is None else t.grad.clone() for t in carried_leaves(state)]
+                if index == 0:
+                    grad_embedding[:, start:stop] = grad_x.pop((0, s))
     return loss
 
 

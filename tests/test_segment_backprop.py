@@ -15,8 +15,9 @@ from utils import relative_error
 
 from titans_dna.data.tokenizer import BASE_IDS
 from titans_dna.model import TitansConfig, TitansDNA
+from titans_dna.model.graphed import Wavefront
 from titans_dna.train.objectives import causal_batch, mlm_batch, weighted_lm_loss
-from titans_dna.train.segment_backprop import SegmentRunner, Wavefront, segment_backprop
+from titans_dna.train.segment_backprop import SegmentRunner, segment_backprop
 
 
 def small_model(dtype: torch.dtype, block: str = "mac", causal: bool = True, **overrides) -> TitansDNA:

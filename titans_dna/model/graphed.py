@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -34,16 +34,65 @@ def step(model: TitansDNA, ids: Tensor, state: ModelState | None) -> TitansOutpu
     return model._forward(ids, torch.ones_like(ids, dtype=torch.bool), state, return_state=True)
 
 
+class Wavefront:
+    """The (layer, segment) steps of a pass in wavefront order, each layer's on its own CUDA stream.
+
+    A layer-segment depends on the layer below (forward) or above (backward) on the same segment, and on its
+    own layer's neighbouring segment; the steps of one wave are independent, so on separate streams up to
+    n_layers of them run at once. Without streams (CPU, eager) the same order runs on the current stream.
+    """
+
+    def __init__(self, streams: list[torch.cuda.Stream] | None, n_layers: int, n_segments: int) -> None:
+        self.streams, self.n_layers, self.n_segments = streams, n_layers, n_segments
+        self._done: dict[tuple[int, int], torch.cuda.Event] = {}
+
+    def steps(self, reverse: bool) -> Iterator[tuple[int, int]]:
+        """(layer, segment) pairs: forward, layer l on segment w - l at wave w; reverse, the top layer first
+        and the last segment first."""
+        L, n = self.n_layers, self.n_segments
+        for wave in range(n + L - 1):
+            for depth in range(L):
+                layer = L - 1 - depth if reverse else depth
+                s = n - 1 - (wave - depth) if reverse else wave - depth
+                if 0 <= s < n:
+                    yield layer, s
+
+    @contextlib.contextmanager
+    def step(self, layer: int, s: int, after: tuple[int, int] | None) -> Iterator[None]:
+        """Run the body on `layer`'s stream once step `after` (another layer's, or None) has finished."""
+        if self.streams is None:
+            yield
+            return
+        stream = self.streams[layer]
+        with torch.cuda.stream(stream):
+            if after is not None:
+                stream.wait_event(self._done.pop(after))
+            yield
+            self._done[layer, s] = stream.record_event()
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator[None]:
+        """A pass: the streams start after the work queued so far, and the current stream waits for them at
+        the end."""
+        current = torch.cuda.current_stream() if self.streams else None
+        for stream in self.streams or ():
+            stream.wait_stream(current)
+        try:
+            yield
+        finally:
+            for stream in self.streams or ():
+                current.wait_stream(stream)
+            self._done.clear()
+
+
 def wavefront_step(model: TitansDNA, ids: Tensor, state: ModelState,
                    streams: list[torch.cuda.Stream] | None = None) -> TitansOutput:
-    """`step` on a piece of whole segments, in wavefront order: layer l runs segment s at wave l + s.
-
-    A layer-segment needs only its own layer's state and the layer below's output on the same segment, so the
-    layers of one wave are independent. With one CUDA stream per layer (`streams`) they run at once: at batch
-    1 each of their small kernels fills a few SMs, and a graph of the piece overlaps n_layers of them where
-    `step` runs one. Per segment the arithmetic is `step`'s; only kernels' row counts differ.
+    """`step` on a piece of whole segments, in wavefront order (`Wavefront`): layer l runs segment s at wave
+    l + s. With one CUDA stream per layer (`streams`) the layers of a wave run at once: at batch 1 each of
+    their small kernels fills a few SMs, and a graph of the piece overlaps n_layers of them where `step` runs
+    one. Per segment the arithmetic is `step`'s; only kernels' row counts differ.
     """
-    C, n_layers = model.config.segment_len, len(model.layers)
+    C = model.config.segment_len
     if ids.shape[1] % C:
         raise ValueError(f"a wavefront piece is whole segments of {C} tokens; got {ids.shape[1]}")
     mask = torch.ones_like(ids[:, :C], dtype=torch.bool)
@@ -52,30 +101,14 @@ def wavefront_step(model: TitansDNA, ids: Tensor, state: ModelState,
     # Tensors handed from one stream to another stay referenced until the end: freed, their blocks could be
     # reused by the producing stream while the consuming one still reads them.
     handed_over = list(segments)
-    done: dict[tuple[int, int], torch.cuda.Event] = {}  # (layer, segment) -> recorded when it finished
-    fork = torch.cuda.current_stream() if streams else None
-    for stream in streams or ():
-        stream.wait_stream(fork)
-    for wave in range(len(segments) + n_layers - 1):
-        for index, layer in enumerate(model.layers):
-            s = wave - index
-            if not 0 <= s < len(segments):
-                continue
-            with _on_stream(streams, index):
-                if streams and index:
-                    streams[index].wait_event(done[index - 1, s])
-                segments[s], layer_states[index] = layer(segments[s], mask, layer_states[index], True)
+    waves = Wavefront(streams, len(model.layers), len(segments))
+    with waves.run():
+        for index, s in waves.steps(reverse=False):
+            with waves.step(index, s, after=(index - 1, s) if index else None):
+                segments[s], layer_states[index] = model.layers[index](segments[s], mask, layer_states[index],
+                                                                       True)
                 handed_over.append(segments[s])
-                if streams:
-                    done[index, s] = streams[index].record_event()
-    for stream in streams or ():
-        fork.wait_stream(stream)
     return model.head(torch.cat(segments, dim=1), ModelState(layer_states))
-
-
-def _on_stream(streams: list[torch.cuda.Stream] | None, index: int):
-    """Context that makes streams[index] current (no-op without streams)."""
-    return torch.cuda.stream(streams[index]) if streams else contextlib.nullcontext()
 
 
 def graph_ready(model: TitansDNA, state: ModelState | None) -> bool:

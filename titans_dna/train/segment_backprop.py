@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from titans_dna.model.blocks import BlockState
-from titans_dna.model.graphed import _map_tensors, _signature
+from titans_dna.model.graphed import Wavefront, _map_tensors, _signature
 from titans_dna.model.titans_dna import TitansDNA, TitansLayer
 from titans_dna.train.classifiers import autocast
 from titans_dna.train.objectives import LMBatch, weighted_ce_sum
@@ -104,57 +104,6 @@ class SegmentRunner:
             self.graphed[index] = signature, graphed
         outs = self.graphed[index][1](x, *leaves)
         return outs[0], with_leaves(state, outs[1:])
-
-
-class Wavefront:
-    """The (layer, segment) steps of a pass in wavefront order, each layer's on its own CUDA stream.
-
-    A layer-segment depends on the layer below (forward) or above (backward) on the same segment, and on its
-    own layer's neighbouring segment; the steps of one wave are independent, so on separate streams up to
-    n_layers of them run at once. Without streams (CPU, eager) the same order runs on the current stream.
-    """
-
-    def __init__(self, streams: list[torch.cuda.Stream] | None, n_layers: int, n_segments: int) -> None:
-        self.streams, self.n_layers, self.n_segments = streams, n_layers, n_segments
-        self._done: dict[tuple[int, int], torch.cuda.Event] = {}
-
-    def steps(self, reverse: bool) -> Iterator[tuple[int, int]]:
-        """(layer, segment) pairs: forward, layer l on segment w - l at wave w; reverse, the top layer first
-        and the last segment first."""
-        L, n = self.n_layers, self.n_segments
-        for wave in range(n + L - 1):
-            for depth in range(L):
-                layer = L - 1 - depth if reverse else depth
-                s = n - 1 - (wave - depth) if reverse else wave - depth
-                if 0 <= s < n:
-                    yield layer, s
-
-    @contextlib.contextmanager
-    def step(self, layer: int, s: int, after: tuple[int, int] | None) -> Iterator[None]:
-        """Run the body on `layer`'s stream once step `after` (another layer's, or None) has finished."""
-        if self.streams is None:
-            yield
-            return
-        stream = self.streams[layer]
-        with torch.cuda.stream(stream):
-            if after is not None:
-                stream.wait_event(self._done.pop(after))
-            yield
-            self._done[layer, s] = stream.record_event()
-
-    @contextlib.contextmanager
-    def run(self) -> Iterator[None]:
-        """A pass: the streams start after the work queued so far, and the current stream waits for them at
-        the end."""
-        current = torch.cuda.current_stream() if self.streams else None
-        for stream in self.streams or ():
-            stream.wait_stream(current)
-        try:
-            yield
-        finally:
-            for stream in self.streams or ():
-                current.wait_stream(stream)
-            self._done.clear()
 
 
 def handed_over(t: Tensor) -> Tensor:

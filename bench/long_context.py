@@ -43,7 +43,8 @@ from titans_dna.train.segment_backprop import SegmentRunner, segment_backprop
 
 GiB = 2**30
 SCOPES = ("memory_op", "attention", "mlp")
-SEGMENT_MODES = ("wavefront", "serial")  # segment_backprop: layers on their own CUDA streams, or one stream
+# segment_backprop: layers on their own CUDA streams, that with the layers through torch.compile, or one stream
+SEGMENT_MODES = ("wavefront", "compiled", "serial")
 
 
 class Trainer:
@@ -59,12 +60,13 @@ class Trainer:
         precision = "bf16" if self.bf16 else "fp32"
         # one runner per mode: each keeps its captured graphs
         self.runners = {mode: SegmentRunner(self.model, precision, cuda_graphs=self.bf16,
-                                            wavefront=mode == "wavefront") for mode in SEGMENT_MODES}
+                                            wavefront=mode != "serial", compiled=mode == "compiled")
+                        for mode in SEGMENT_MODES}
 
     def step(self, batch: int, length: int, micro: int, by_segment: str | None = None) -> float:
         """Seconds of one step of `batch` sequences of `length` tokens, `micro` sequences per forward
         (`by_segment`, a SEGMENT_MODES entry: through `segment_backprop`, graphed layer-segments on CUDA, as
-        a wavefront over streams or layer after layer)."""
+        a wavefront over streams, compiled or not, or layer after layer)."""
         ids = torch.randint(7, 11, (batch, length), device=self.device)  # A, C, G, T
         sync(self.device)
         start = time.perf_counter()

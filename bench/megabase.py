@@ -4,7 +4,9 @@ first 256 kbp, the first 1 Mbp and the whole 4.64 Mbp E. coli K-12 genome as ONE
 every 1 kbp, bf16 autocast), with Mbp/s and peak GPU memory per case (torch.cuda.max_memory_allocated, reset
 per case). --modes picks how full pieces run: eagerly ("eager"), replayed from a CUDA graph of the layers one
 after another ("graph"), or from a graph of the layers as a wavefront over segments, one CUDA stream per layer
-("wavefront", what `embed --stream` uses). Each length runs its modes in that order; a graphed run reports its
+("wavefront", what `embed --stream` uses), or that wavefront with the layers through torch.compile
+("compiled", `embed --stream --compile`; its warm-up includes compiling).
+Each length runs its modes in that order; a graphed run reports its
 speedup and the relative errors of its total log-likelihood and region embedding against the eager run (bf16
 tolerance 1e-2, fp32 1e-5). A graphed time includes capturing the graph.
 Targets: peak at 4.64 Mbp within 1.1x of the peak at 256 kbp; the whole genome in under 10 s.
@@ -18,7 +20,7 @@ case is written out as soon as it finishes.
 
 GPU (device tool; the data folder carried, e.g. as .devdata):
     TITANS_DNA_DATA=.devdata python bench/megabase.py --out $OUT
-    TITANS_DNA_DATA=.devdata python bench/megabase.py --out $OUT --peers ""  # ours only, all three modes
+    TITANS_DNA_DATA=.devdata python bench/megabase.py --out $OUT --peers ""  # ours only, all four modes
 CPU smoke test (tiny model, short lengths, no meaning as timings):
     python bench/megabase.py --quick --out /tmp/megabase
 Writes megabase.json and megabase.md to --out (default $OUT, else ./bench_out).
@@ -49,7 +51,7 @@ from titans_dna.train.streaming import RegionStream
 
 ECOLI = "genomes/ecoli_K12_MG1655.fa.gz"
 PEERS = ("sdpa", "titans_pytorch")
-MODES = ("eager", "graph", "wavefront")  # how ours runs full pieces, slowest first
+MODES = ("eager", "graph", "wavefront", "compiled")  # how ours runs full pieces, slowest first
 HEADS, HEAD_DIM, DIM, CHUNK = 8, 64, 512, 64
 GiB = 2**30
 
@@ -111,7 +113,8 @@ def run_ours(args: argparse.Namespace, result: Path) -> None:
         start = time.perf_counter()
         run = RegionStream(model, genome, Interval(chrom, 0, length), stride=1000,
                            piece_segments=args.piece_segments, precision=precision,
-                           cuda_graph=mode != "eager", wavefront=mode == "wavefront")
+                           cuda_graph=mode != "eager", wavefront=mode in ("wavefront", "compiled"),
+                           compiled=mode == "compiled")
         for _ in run:  # each piece's outputs are on the CPU already: the file write is all that is left out
             pass
         sync(device)

@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 
 from titans_dna.cli import main
 from titans_dna.model import TitansDNA
+from titans_dna.model.graphed import compiled_layers
 from titans_dna.train import pretrain as pretrain_module
+from titans_dna.train import segment_backprop as segment_backprop_module
 from titans_dna.train.configs import compose_config
 from titans_dna.train.pretrain import pretrain
 from titans_dna.train.segment_backprop import segment_backprop
@@ -161,8 +163,10 @@ def test_warm_start_continues_from_a_checkpoint_with_new_settings(tmp_path, data
 
 
 def test_segment_backprop_trains_as_autograd_does(tmp_path, data_dir, seed, monkeypatch):
-    """train.segment_backprop=true (layer-segment by layer-segment) follows the default path's losses over 3
-    steps: the same loss and gradients, so the same updates."""
+    """train.segment_backprop=true (layer-segment by layer-segment), and with train.compile=true (the
+    layer-segments through torch.compile; aot_eager here, as inductor needs a C compiler), follow the default
+    path's losses over 3 steps: the same loss and gradients, so the same updates. train.compile=true without
+    segment_backprop is refused."""
     common = [*MICRO, f"seed={seed}", "train.max_steps=3", "train.val_every=3", "train.checkpoint_every=3",
               "train.micro_batch_size=2"]
     calls = []
@@ -172,11 +176,17 @@ def test_segment_backprop_trains_as_autograd_does(tmp_path, data_dir, seed, monk
         return segment_backprop(*args, **kwargs)
 
     monkeypatch.setattr(pretrain_module, "segment_backprop", counted)
+    monkeypatch.setattr(segment_backprop_module, "compiled_layers",
+                        lambda model, backend: compiled_layers(model, backend="aot_eager"))
+    runs = {"autograd": [], "segments": ["train.segment_backprop=true"],
+            "compiled": ["train.segment_backprop=true", "train.compile=true"]}
     losses = []
-    for by_segment in ("false", "true"):
-        run_dir = tmp_path / by_segment
-        assert main(["pretrain", *common, f"run_dir={run_dir}", f"train.segment_backprop={by_segment}"]) == 0
-        losses.append([float(r["loss"]) for r in read_metrics(run_dir)])
+    for name, overrides in runs.items():
+        assert main(["pretrain", *common, f"run_dir={tmp_path / name}", *overrides]) == 0
+        losses.append([float(r["loss"]) for r in read_metrics(tmp_path / name)])
     assert len(losses[0]) == 4  # 3 train rows and a validation row
-    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
-    assert calls == [(2, 128)] * 6  # 3 steps of 2 micro-batches of 2 windows, none padded
+    for other in losses[1:]:
+        assert other == pytest.approx(losses[0], rel=1e-4)
+    assert calls == [(2, 128)] * 12  # twice 3 steps of 2 micro-batches of 2 windows, none padded
+    with pytest.raises(ValueError, match="train.compile=true compiles the layer-segments"):
+        pretrain(compose_config([*common, f"run_dir={tmp_path / 'refused'}", "train.compile=true"]))

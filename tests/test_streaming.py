@@ -6,6 +6,7 @@ never waits on the device and carries the state exactly through static buffers."
 
 from __future__ import annotations
 
+import functools
 import random
 
 import h5py
@@ -23,7 +24,16 @@ from titans_dna.data.tokenizer import BASE_IDS
 from titans_dna.kernels.titans_memory.common import state_dtype
 from titans_dna.model import ModelState, TitansConfig, TitansDNA
 from titans_dna.model.blocks import BlockState, MACBlock, MAGBlock, MALBlock
-from titans_dna.model.graphed import _leaves, _load, _map_tensors, _signature, graph_ready, wavefront_step
+from titans_dna.model.graphed import (
+    _leaves,
+    _load,
+    _map_tensors,
+    _signature,
+    autocast_linears,
+    graph_ready,
+    piece_layers,
+    wavefront_step,
+)
 from titans_dna.model.graphed import step as graph_step
 from titans_dna.model.heads import pool
 from titans_dna.train.inference import log_likelihood
@@ -185,6 +195,28 @@ def test_sync_free_step_equals_forward(block, graphed, seed):
             model(ids)
 
 
+@pytest.mark.parametrize("backend", [None, "aot_eager"])
+def test_wavefront_casts_the_linears_once_per_piece(backend, seed):
+    """Under bf16 autocast the wavefront gives every layer its nn.Linear parameters cast once per piece
+    (`autocast_linears`), eagerly or traced by torch.compile: the same numbers as `step`, where autocast
+    casts them at every call, bit for bit."""
+    model = tiny_model(torch.float32)
+    ids = torch.randint(0, model.config.vocab_size, (1, 3 * model.config.segment_len))
+    casts = autocast_linears(model.layers[0], ids.device)
+    assert casts == {}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        casts = autocast_linears(model.layers[0], ids.device)
+        linears = [m for m in model.layers[0].modules() if isinstance(m, torch.nn.Linear)]
+        assert len(casts) == sum(len(list(m.parameters())) for m in linears) > 0
+        assert all(t.dtype == torch.bfloat16 for t in casts.values())
+        state = graph_step(model, ids, None).state
+        ref = graph_step(model, ids, state)
+        layers = None if backend is None else piece_layers(model, backend)
+        out = wavefront_step(model, ids, state, layers=layers)
+    assert torch.equal(out.logits, ref.logits)
+    assert_states_close(out.state, ref.state)
+
+
 @pytest.mark.parametrize("block, window", [("mac", 12), ("mal", 12), ("mag", 48)])
 def test_static_buffers_carry_the_stream(block, window, seed):
     """A graph replay emulated on the CPU: pieces run eagerly until `graph_ready`, then `step` reads the
@@ -217,9 +249,12 @@ class CpuGraph:
     """GraphedPieces without CUDA: the same static buffers (each run overwrites the last run's outputs and
     state), `step` in place of a replay."""
 
-    def __init__(self, model: TitansDNA, piece_len: int, precision: str, wavefront: bool) -> None:
+    def __init__(self, model: TitansDNA, piece_len: int, precision: str, wavefront: bool,
+                 compiled: bool = False) -> None:
         self.model, self.out, self.runs = model, None, 0
-        self.step = wavefront_step if wavefront else graph_step
+        layers = piece_layers(model, "aot_eager") if compiled else None
+        self.step = (functools.partial(wavefront_step, layers=layers) if wavefront or compiled
+                     else graph_step)
 
     @torch.no_grad()
     def run(self, ids: torch.Tensor, state):
@@ -236,16 +271,18 @@ class CpuGraph:
 
 
 @pytest.mark.parametrize("block", ["mac", "mal"])
-@pytest.mark.parametrize("wavefront", [False, True])
-def test_graphed_stream_equals_eager_stream(block, wavefront, monkeypatch, seed):
-    """RegionStream with the graph path (CpuGraph standing in for the CUDA graph): 10 pieces of 32 tokens,
-    the first and the shorter last one eager, the same log-likelihoods, windows and embedding as eagerly."""
+@pytest.mark.parametrize("mode", ["layers", "wavefront", "compiled"])
+def test_graphed_stream_equals_eager_stream(block, mode, monkeypatch, seed):
+    """RegionStream with the graph path (CpuGraph standing in for the CUDA graph; "compiled": the layers
+    traced by torch.compile, whole graphs, without inductor): 10 pieces of 32 tokens, the first and the
+    shorter last one eager, the same log-likelihoods, windows and embedding as eagerly."""
     monkeypatch.setattr(streaming, "GraphedPieces", CpuGraph)
     model = tiny_model(block=block)
     genome = Genome({"chrA": "".join(random.Random(seed).choice("ACGTN") for _ in range(300))})
     region = Interval("chrA", 0, 300)
     streams = [RegionStream(model, genome, region, stride=37, piece_segments=2, cuda_graph=graph,
-                            wavefront=wavefront) for graph in (False, True)]
+                            wavefront=mode == "wavefront", compiled=mode == "compiled")
+               for graph in (False, True)]
     eager, graphed = (list(stream) for stream in streams)
     assert streams[1].graphed.runs == 8
     for key in ("loglik", "windows"):
@@ -289,15 +326,17 @@ def test_cuda_graph_needs_a_cuda_model():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("block, precision", [("mac", "fp32"), ("mac", "bf16"), ("mal", "bf16")])
-@pytest.mark.parametrize("wavefront", [False, True])
-def test_cuda_graph_stream_equals_eager_stream(block, precision, wavefront, seed):
-    """On a GPU: the captured graph (Triton memory path; layers on their own streams with `wavefront`)
-    streams the same numbers as the eager pieces, over 14 full pieces of 4 segments and a shorter last one."""
+@pytest.mark.parametrize("mode", ["layers", "wavefront", "compiled"])
+def test_cuda_graph_stream_equals_eager_stream(block, precision, mode, seed):
+    """On a GPU: the captured graph (Triton memory path; layers on their own streams with "wavefront", and
+    through inductor with "compiled") streams the same numbers as the eager pieces, over 14 full pieces of 4
+    segments and a shorter last one."""
     model = tiny_model(torch.float32, block=block).cuda()
     genome = Genome({"chrA": "".join(random.Random(seed).choice("ACGTN") for _ in range(1000))})
     region = Interval("chrA", 0, 1000)
     streams = [RegionStream(model, genome, region, stride=37, piece_segments=4, precision=precision,
-                            cuda_graph=graph, wavefront=wavefront) for graph in (False, True)]
+                            cuda_graph=graph, wavefront=mode != "layers", compiled=mode == "compiled")
+               for graph in (False, True)]
     eager, graphed = (list(stream) for stream in streams)
     tol = F32 if precision == "fp32" else dict(rtol=1e-2, atol=1e-2)
     for key in ("loglik", "windows"):

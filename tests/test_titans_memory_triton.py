@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from titans_dna.kernels.titans_memory import titans_memory
 from titans_dna.kernels.titans_memory.naive import naive_chunk_titans_memory
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -126,9 +127,26 @@ CASES = [  # depth, T, D, expansion, chunk, activation, initial state, padding g
 ]
 
 
+@pytest.fixture(params=[0, 1], ids=["persistent", "split"])
+def split(request, monkeypatch):
+    """The forward kernel: persistent (one program per chain) or split-chain (chunk_fwd_split.py, forced;
+    P = 1 in the interpreter, which runs programs one after another). The value is the split module's list of
+    launch flags, which the test checks is not empty when split; no barrier may have timed out."""
+    from titans_dna.kernels.titans_memory import chunk_fwd, chunk_fwd_split
+
+    monkeypatch.setitem(chunk_fwd.TUNING, "split", request.param)
+    chunk_fwd_split.barrier_flags.clear()
+    yield chunk_fwd_split.barrier_flags if request.param else None
+    assert all(flag.item() == 0 for flag in chunk_fwd_split.barrier_flags)
+
+
 @interpreted_only
 @pytest.mark.parametrize("depth,T,D,expansion,chunk,act,with_state,padding", CASES)
-def test_chunk_matches_reference(ops, seed, depth, T, D, expansion, chunk, act, with_state, padding):
+def test_chunk_matches_reference(ops, seed, split, depth, T, D, expansion, chunk, act, with_state, padding):
+    """Outputs, final state and every gradient = the float64 reference (the backward reads the checkpoints
+    that the forward kernel, persistent or split, saved)."""
+    if split is not None and depth == 1:
+        pytest.skip("the split kernel is for depth 2")
     chunk_mod, _ = ops
     B, H = 2, 2
     xs, weights, state = make_inputs(B, T, H, D, depth, expansion, with_state, padding=padding)
@@ -137,6 +155,7 @@ def test_chunk_matches_reference(ops, seed, depth, T, D, expansion, chunk, act, 
     kw = dict(chunk_size=chunk, activation=act)
     ref = run_with_grads(naive_chunk_titans_memory, xs, weights, state, torch.float64, do, dstate, **kw)
     got = run_with_grads(chunk_mod.chunk_titans_memory, xs, weights, state, torch.float32, do, dstate, **kw)
+    assert split is None or split  # the split kernel ran
     # the interpreter's float32 erf is good to ~1e-6, against ~1e-7 for the silu path. The kernel's float32
     # gate gradients reached 5.5e-5 on one draw (TITANS_DNA_SEED=1769216316, depth 1), where the float32
     # PyTorch reference stays under 5e-6: a known precision gap of the gate-gradient kernel, bounded at 1e-4.
@@ -167,7 +186,7 @@ def test_chunk_bf16(ops, seed):
 
 @interpreted_only
 @pytest.mark.parametrize("with_state", [False, True])
-def test_fused_recurrent_streams(ops, seed, with_state):
+def test_fused_recurrent_streams(ops, seed, split, with_state):
     """= the reference; whole sequence = two pieces split at a chunk boundary with the state carried;
     W_0 and the initial state are left untouched (batch 1, where a broadcast copy could alias W_0)."""
     _, fused_mod = ops
@@ -188,6 +207,7 @@ def test_fused_recurrent_streams(ops, seed, with_state):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     after = [*weights, *(state[0] + state[1] if state else ())]
     assert all(torch.equal(a, b) for a, b in zip(after, inputs_before, strict=True))
+    assert split is None or split  # the split kernel ran
     with pytest.raises(NotImplementedError, match="no backward"):
         fused_mod.fused_recurrent_titans_memory(*xs, [w.requires_grad_() for w in weights], chunk_size=cs)
 
@@ -223,3 +243,87 @@ def test_dispatcher_runs_triton(ops, seed):
     o, _ = titans_memory(*xs, weights, chunk_size=16, backend="triton")
     assert last_backend() == "triton"
     torch.testing.assert_close(o, chunk_mod.chunk_titans_memory(*xs, weights, chunk_size=16)[0])
+
+
+def forced_triton(*args, **kw):
+    """The op as a model layer calls it (the dispatcher), forced onto the Triton path."""
+    return titans_memory(*args, backend="triton", **kw)
+
+
+@interpreted_only
+@pytest.mark.parametrize("depth,with_state", [(1, True), (2, True), (2, False)])
+def test_compiled_training_call_equals_eager(seed, depth, with_state):
+    """torch.compile(fullgraph=True) traces the differentiable call (the forward and backward custom ops
+    are opaque to it): output, final state and every gradient are the eager call's, with the gradient
+    going to the state or, without one, to W_0."""
+    B, T, H, D = 2, 40, 2, 16
+    xs, weights, state = make_inputs(B, T, H, D, depth, 2, with_state, dtype=torch.float32)
+    do = torch.randn(B, T, H, D, dtype=torch.float64)
+    dstate = [torch.randn(B, *w.shape, dtype=torch.float64) for w in weights] * 2
+    compiled = torch.compile(forced_triton, fullgraph=True, backend="aot_eager")
+    ref = run_with_grads(forced_triton, xs, weights, state, torch.float32, do, dstate, chunk_size=8)
+    got = run_with_grads(compiled, xs, weights, state, torch.float32, do, dstate, chunk_size=8)
+    assert_close(got, ref, 1e-5)
+
+
+@interpreted_only
+def test_compiled_inference_call_equals_eager(seed):
+    """Without grad the compiled call (`titans_dna::memory_forward`, no checkpoints) gives the eager output
+    and final state."""
+    xs, weights, state = make_inputs(2, 40, 2, 16, 2, 2, True, dtype=torch.float32)
+    compiled = torch.compile(forced_triton, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        results = [fn(*xs, weights, state, chunk_size=8) for fn in (forced_triton, compiled)]
+    ref, got = ({"o": o, **{f"final_{i}": t for i, t in enumerate([*ws, *ss])}} for o, (ws, ss) in results)
+    assert_close(got, ref, 1e-5)
+def test_split_programs_choice(monkeypatch):
+    """P: hidden / 32 programs per chain, else hidden / 64, whose grid fits one program per SM; 0 where no
+    split fits, for depth 1, or when tuned off; the interpreter only when forced, with P = 1."""
+    from titans_dna.kernels.titans_memory import chunk_fwd_split as split
+
+    monkeypatch.setattr(split, "_resident_programs", lambda device: 132)
+    cuda_q = type("Q", (), {"shape": (1, 1024, 8, 64), "device": torch.device("cuda")})()
+    assert split.split_programs(cuda_q, 2, 256, 64, {}) == 8
+    cuda_q.shape = (4, 1024, 8, 64)  # 32 chains: 4 programs each fit 132 SMs, 8 do not
+    assert split.split_programs(cuda_q, 2, 256, 64, {}) == 4
+    cuda_q.shape = (16, 1024, 8, 64)
+    assert split.split_programs(cuda_q, 2, 256, 64, {}) == 0
+    cuda_q.shape = (1, 1024, 4, 64)
+    assert split.split_programs(cuda_q, 2, 128, 64, {}) == 4
+    assert split.split_programs(cuda_q, 2, 128, 64, {"split_be": 16}) == 8
+    assert split.split_programs(cuda_q, 1, 64, 64, {}) == 0
+    assert split.split_programs(cuda_q, 2, 128, 64, {"split": 0}) == 0
+    cpu_q = torch.zeros(1, 8, 2, 16)
+    assert split.split_programs(cpu_q, 2, 32, 16, {}) == 0
+    assert split.split_programs(cpu_q, 2, 32, 16, {"split": 1}) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the split barrier needs programs running at once")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,H,hidden", [(1, 4, 128), (1, 8, 256), (4, 8, 256)])
+def test_split_forward_on_gpu(seed, monkeypatch, dtype, B, H, hidden):
+    """On a GPU, P > 1: the split forward's output, final state and (through the saved checkpoints) every
+    gradient = the persistent kernel's, and both = the float64 reference; no barrier timed out."""
+    from titans_dna.kernels.titans_memory import chunk, chunk_fwd, chunk_fwd_split
+
+    T, D, cs = 1000, 64, 64
+    xs, weights, state = make_inputs(B, T, H, D, 2, hidden // D, True)
+    xs[3] = 0.002 * torch.rand(B, T, H, dtype=torch.float64)  # the model's bounds: theta_max / chunk
+    xs[4] = 0.8 + 0.1 * torch.rand(B, T, H, dtype=torch.float64)
+    xs[5] = 0.01 * torch.rand(B, T, H, dtype=torch.float64)
+    xs = [x.cuda() for x in xs]
+    weights = [w.cuda() for w in weights]
+    state = tuple(tuple(t.cuda() for t in part) for part in state)
+    do = torch.randn(B, T, H, D, dtype=torch.float64, device="cuda")
+    dstate = [torch.randn(B, *w.shape, dtype=torch.float64, device="cuda") for w in weights] * 2
+    kw = dict(chunk_size=cs)
+    ref = run_with_grads(naive_chunk_titans_memory, xs, weights, state, torch.float64, do, dstate, **kw)
+    runs = {}
+    for split in (0, 1):
+        monkeypatch.setitem(chunk_fwd.TUNING, "split", split)
+        runs[split] = run_with_grads(chunk.chunk_titans_memory, xs, weights, state, dtype, do, dstate, **kw)
+    P = chunk_fwd_split.split_programs(xs[0], 2, hidden, cs, {})
+    assert P >= 2 and chunk_fwd_split.barrier_flags[0].item() == 0
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert_close(runs[1], ref, tol, gate_tol=tol * 5)
+    assert_close(runs[1], runs[0], tol)

@@ -391,6 +391,9 @@ def _add_stream_args(p: argparse.ArgumentParser, stride: int, stride_help: str) 
     p.add_argument("--no-cuda-graph", action="store_true",
                    help="with --stream: run every piece eagerly (by default, on a GPU, full pieces replay a "
                    "CUDA graph of the forward: the same numbers without the kernel-launch overhead)")
+    p.add_argument("--compile", action="store_true",
+                   help="with --stream on a GPU: the graph runs the layers through torch.compile (fewer, "
+                   "fused kernels: 1.4x faster on a whole genome, after about a minute of compiling)")
 
 
 def _stream_input(args: argparse.Namespace):
@@ -419,7 +422,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         model, genome, regions = _stream_input(args)
         done = stream_embed_file(model, genome, regions, args.out, args.stride or None, args.pooling,
                                  args.piece_segments, _PRECISION[args.dtype], progress=not args.no_progress,
-                                 cuda_graph=_cuda_graph(args))
+                                 cuda_graph=_cuda_graph(args), compiled=args.compile)
         bases, seconds = sum(s.length for s in done), sum(s.seconds for s in done)
         print(f"{args.out}: {len(done)} records streamed, {bases:,} bp in {seconds:.1f} s, "
               f"d_model {model.config.d_model}")
@@ -487,7 +490,7 @@ def _run_score(args: argparse.Namespace) -> int:
         model, genome, regions = _stream_input(args)
         done = stream_score_file(model, genome, regions, args.out, args.stride, args.piece_segments,
                                  _PRECISION[args.dtype], progress=not args.no_progress,
-                                 cuda_graph=_cuda_graph(args))
+                                 cuda_graph=_cuda_graph(args), compiled=args.compile)
         report = sys.stderr if args.out == "-" else sys.stdout  # stdout may carry the bedGraph
         for s in done:
             print(f"{s.name}: {s.length:,} bp, log-likelihood {s.log_likelihood:.3f} nats over {s.scored:,} "

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from titans_dna.model.titans_dna import ModelState, TitansDNA, TitansOutput
 from titans_dna.train.classifiers import autocast
 
+RECOMPILE_LIMIT = 64  # compiled layer graphs per process (one per model config, device and precision)
 WARMUP_RUNS = 2  # on a side stream before capture (the CUDA graphs recipe): lazy initialisation stays out
 
 
@@ -86,11 +88,15 @@ class Wavefront:
 
 
 def wavefront_step(model: TitansDNA, ids: Tensor, state: ModelState,
-                   streams: list[torch.cuda.Stream] | None = None) -> TitansOutput:
+                   streams: list[torch.cuda.Stream] | None = None,
+                   layers: Sequence[Callable] | None = None) -> TitansOutput:
     """`step` on a piece of whole segments, in wavefront order (`Wavefront`): layer l runs segment s at wave
     l + s. With one CUDA stream per layer (`streams`) the layers of a wave run at once: at batch 1 each of
     their small kernels fills a few SMs, and a graph of the piece overlaps n_layers of them where `step` runs
     one. Per segment the arithmetic is `step`'s; only kernels' row counts differ.
+
+    `layers`: `piece_layers(model, ...)` (the default: uncompiled). Under autocast the linear weights are cast
+    once per piece, not once per layer-segment (`autocast_linears`).
     """
     C = model.config.segment_len
     if ids.shape[1] % C:
@@ -98,6 +104,8 @@ def wavefront_step(model: TitansDNA, ids: Tensor, state: ModelState,
     mask = torch.ones_like(ids[:, :C], dtype=torch.bool)
     segments = list(model.embedding(ids).split(C, dim=1))
     layer_states = list(state.layers)
+    layers = piece_layers(model) if layers is None else layers
+    casts = [autocast_linears(layer, ids.device) for layer in model.layers]
     # Tensors handed from one stream to another stay referenced until the end: freed, their blocks could be
     # reused by the producing stream while the consuming one still reads them.
     handed_over = list(segments)
@@ -105,10 +113,52 @@ def wavefront_step(model: TitansDNA, ids: Tensor, state: ModelState,
     with waves.run():
         for index, s in waves.steps(reverse=False):
             with waves.step(index, s, after=(index - 1, s) if index else None):
-                segments[s], layer_states[index] = model.layers[index](segments[s], mask, layer_states[index],
-                                                                       True)
+                segments[s], layer_states[index] = layers[index](
+                    casts[index], (segments[s], mask, layer_states[index], True))
                 handed_over.append(segments[s])
     return model.head(torch.cat(segments, dim=1), ModelState(layer_states))
+
+
+def autocast_linears(layer: nn.Module, device: torch.device) -> dict[str, Tensor]:
+    """Under autocast, the layer's nn.Linear parameters in the autocast dtype, by name (else empty).
+
+    Autocast casts a float32 weight at every call, one kernel per linear and layer-segment (some 10 of a
+    segment's kernels); given these in place of the parameters, the linears find their inputs in the
+    autocast dtype already and cast nothing. Same numbers: a cast is a cast wherever it runs.
+    """
+    if not torch.is_autocast_enabled(device.type):
+        return {}
+    dtype = torch.get_autocast_dtype(device.type)
+    return {f"{name}.{key}": p.to(dtype) for name, module in layer.named_modules()
+            if isinstance(module, nn.Linear) for key, p in module.named_parameters(recurse=False)}
+
+
+def piece_layers(model: TitansDNA, backend: str | Callable | None = None) -> list[Callable]:
+    """Per layer the function (params, (x, mask, state, return_state)) -> layer output, with `params` standing
+    in for the layer's parameters of those names (`torch.func.functional_call`); through torch.compile with
+    `backend` (None: eager).
+
+    Compiled ("inductor"): at batch 1 a layer-segment is a chain of small kernels, and in a graph replay their
+    number, not their arithmetic, sets the time; inductor fuses the elementwise work between the matmuls
+    (convolution, SiLU, norms, gates, rotary, masks) and the memory op stays one opaque custom op. "aot_eager"
+    traces the same graphs without inductor (the CPU tests).
+    """
+    calls = [functools.partial(torch.func.functional_call, layer) for layer in model.layers]
+    return calls if backend is None else [compile_whole(call, backend) for call in calls]
+
+
+def compiled_layers(model: TitansDNA, backend: str | Callable = "inductor") -> list[Callable]:
+    """The model's layers through torch.compile (`compile_whole`), each called as the layer itself."""
+    return [compile_whole(layer, backend) for layer in model.layers]
+
+
+def compile_whole(fn: Callable, backend: str | Callable) -> Callable:
+    """torch.compile of `fn` as one graph with static shapes (compiling costs about a minute per process)."""
+    # Dynamo keeps its compiled graphs per code object (TitansLayer.forward), and each model's config is a
+    # constant of its graphs: past the default limit of 8 graphs, fullgraph=True fails outright, so a process
+    # streaming with a dozen models (tests, notebooks) would stop working.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
 
 
 def graph_ready(model: TitansDNA, state: ModelState | None) -> bool:
@@ -151,14 +201,16 @@ def _load(buffers: ModelState, state: ModelState) -> None:
 
 class GraphedPieces:
     """One forward of a [1, piece_len] piece captured as a CUDA graph and replayed for each full piece
-    (`wavefront`: in `wavefront_step` order, one stream per layer; else `step`).
+    (`wavefront`: in `wavefront_step` order, one stream per layer; else `step`; `compiled`: through
+    `piece_layers(model, "inductor")`, in wavefront order, on one stream unless `wavefront`).
 
     The graph reads the token ids and the state from static buffers and ends by copying the new state into
     the state buffers, so every replay advances the stream. `run` returns static outputs: hidden states,
     logits and a `ModelState` over the state buffers, valid until the next `run` overwrites them.
     """
 
-    def __init__(self, model: TitansDNA, piece_len: int, precision: str, wavefront: bool = True) -> None:
+    def __init__(self, model: TitansDNA, piece_len: int, precision: str, wavefront: bool = True,
+                 compiled: bool = False) -> None:
         if model.device.type != "cuda":
             raise ValueError(f"CUDA graphs need the model on a CUDA device; it is on {model.device} "
                              "(stream eagerly: cuda_graph=False)")
@@ -169,6 +221,7 @@ class GraphedPieces:
         self.model, self.piece_len, self.precision = model, piece_len, precision
         # the graph records its kernels on these streams; they live as long as it does
         self._streams = [torch.cuda.Stream(model.device) for _ in model.layers] if wavefront else None
+        self._layers = piece_layers(model, "inductor") if compiled else None
         self._graph: torch.cuda.CUDAGraph | None = None
         self._ids: Tensor | None = None
         self._out: TitansOutput | None = None  # static outputs; .state holds the state buffers
@@ -193,8 +246,8 @@ class GraphedPieces:
 
     def _step(self, ids: Tensor, state: ModelState) -> TitansOutput:
         with torch.no_grad(), autocast(self.model.device, self.precision, cache_enabled=False):
-            if self._streams is not None:
-                return wavefront_step(self.model, ids, state, self._streams)
+            if self._streams is not None or self._layers is not None:
+                return wavefront_step(self.model, ids, state, self._streams, self._layers)
             return step(self.model, ids, state)
 
     def _capture(self, ids: Tensor, state: ModelState) -> None:

@@ -94,9 +94,13 @@ def pretrain(cfg: DictConfig) -> dict:
     if by_segment and info.world_size > 1:
         raise ValueError("train.segment_backprop=true trains on one process: it bypasses the DDP/FSDP "
                          "wrapper, whose gradient synchronisation would not run")
+    compiled = bool(tc.get("compile", False))
+    if compiled and not by_segment:
+        raise ValueError("train.compile=true compiles the layer-segments of train.segment_backprop=true; "
+                         "the whole-model step does not compile")
     model = wrap_model(model.to(info.device), tc.strategy, info)
-    segments = (SegmentRunner(model, tc.precision, cuda_graphs=info.device.type == "cuda") if by_segment
-                else None)
+    segments = (SegmentRunner(model, tc.precision, cuda_graphs=info.device.type == "cuda", compiled=compiled)
+                if by_segment else None)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2]},

@@ -14,7 +14,8 @@ replays:
 
 Step 2 is the backward of segment checkpointing, in an explicit order. On CUDA each layer's full-segment step
 (from a state of the same shapes) is captured once by `torch.cuda.make_graphed_callables` and replayed for
-both passes; the first segment (no state yet), a partial last segment and CPU runs go eagerly. Both passes
+both passes; the first segment (no state yet), a partial last segment and CPU runs go eagerly. Optionally the
+layers of the full segments run through torch.compile (`SegmentRunner`, compiled), graphed or not. Both passes
 run as a wavefront (`Wavefront`): the steps of one wave do not depend on each other, and on CUDA each layer
 runs on its own stream, so the small kernels of up to n_layers layer-segments share the card. Memory: the
 saved inputs and states, O(n_layers x T x d_model) plus one memory state per layer-segment.
@@ -23,13 +24,13 @@ saved inputs and states, O(n_layers x T x d_model) plus one memory state per lay
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from titans_dna.model.blocks import BlockState
-from titans_dna.model.graphed import Wavefront, _map_tensors, _signature
+from titans_dna.model.graphed import Wavefront, _map_tensors, _signature, compiled_layers
 from titans_dna.model.titans_dna import TitansDNA, TitansLayer
 from titans_dna.train.classifiers import autocast
 from titans_dna.train.objectives import LMBatch, weighted_ce_sum
@@ -58,9 +59,12 @@ def with_leaves(template: BlockState, leaves: tuple[Tensor, ...] | list[Tensor])
 
 class LayerSegment(nn.Module):
     """One layer on one full segment from an explicit state, as a function of tensors:
-    (x [B, C, d], *carried start-state leaves) -> (out [B, C, d], *carried end-state leaves)."""
+    (x [B, C, d], *carried start-state leaves) -> (out [B, C, d], *carried end-state leaves).
 
-    def __init__(self, layer: TitansLayer, template: BlockState, precision: str) -> None:
+    `layer` is a TitansLayer or its torch.compile wrapper, a module over the same parameters: graphing
+    finds the parameters whose gradients its backward returns through the module tree."""
+
+    def __init__(self, layer: TitansLayer | nn.Module, template: BlockState, precision: str) -> None:
         super().__init__()
         self.layer, self.template, self.precision = layer, template, precision
 
@@ -74,23 +78,30 @@ class LayerSegment(nn.Module):
 class SegmentRunner:
     """Runs each layer on a segment: eagerly, or (CUDA, full segment, captured state shapes) through the
     layer's graphed `LayerSegment`, captured on its first such call. With graphs and `wavefront`, each layer
-    also gets its own CUDA stream (`streams`), on which `segment_backprop` runs that layer's steps."""
+    also gets its own CUDA stream (`streams`), on which `segment_backprop` runs that layer's steps.
 
-    def __init__(self, model: TitansDNA, precision: str, cuda_graphs: bool, wavefront: bool = True) -> None:
+    With `compiled`, full segments from a state (the repeated step, graphed or not) run the layer through
+    torch.compile (`compiled_layers`, with `compile_backend`): inductor fuses the small elementwise kernels
+    between the matmuls, which at batch 1 set a graph replay's time. The first segment and a partial last one
+    stay eager: each would be another static-shape graph to compile for one call per step.
+    """
+
+    def __init__(self, model: TitansDNA, precision: str, cuda_graphs: bool, wavefront: bool = True,
+                 compiled: bool = False, compile_backend: str | Callable = "inductor") -> None:
         self.model, self.precision, self.cuda_graphs = model, precision, cuda_graphs
         self.graphed: dict[int, tuple[object, nn.Module]] = {}  # layer -> (state signature, graphed callable)
         self.streams = ([torch.cuda.Stream(model.device) for _ in model.layers]
                         if wavefront and cuda_graphs and model.device.type == "cuda" else None)
+        self.layers = compiled_layers(model, compile_backend) if compiled else list(model.layers)
 
     def __call__(self, index: int, x: Tensor, state: BlockState | None) -> tuple[Tensor, BlockState]:
         """(out, end state) of layer `index` on segment x [B, t, d] from `state` (None: stream start). With
         grad enabled the result is differentiable in x and the carried leaves of `state`."""
-        layer = self.model.layers[index]
-        full = x.shape[1] == self.model.config.segment_len
-        if state is None or not full or not (self.cuda_graphs and x.is_cuda):
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            with autocast(x.device, self.precision):
-                return layer(x, mask, state, True)
+        layer = self.layers[index]
+        if state is None or x.shape[1] != self.model.config.segment_len:
+            return self._eager(self.model.layers[index], x, state)
+        if not (self.cuda_graphs and x.is_cuda):
+            return self._eager(layer, x, state)
         leaves = carried_leaves(state)
         signature = _signature(state)
         if index not in self.graphed or self.graphed[index][0] != signature:
@@ -104,6 +115,11 @@ class SegmentRunner:
             self.graphed[index] = signature, graphed
         outs = self.graphed[index][1](x, *leaves)
         return outs[0], with_leaves(state, outs[1:])
+
+    def _eager(self, layer: Callable, x: Tensor, state: BlockState | None) -> tuple[Tensor, BlockState]:
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        with autocast(x.device, self.precision):
+            return layer(x, mask, state, True)
 
 
 def handed_over(t: Tensor) -> Tensor:
@@ -128,7 +144,7 @@ def _without_checkpointing(model: TitansDNA) -> Iterator[None]:
 
 def segment_backprop(model: TitansDNA, batch: LMBatch, precision: str = "fp32",
                      cuda_graphs: bool | None = None, runner: SegmentRunner | None = None,
-                     scale: float = 1.0) -> Tensor:
+                     scale: float = 1.0, compiled: bool = False) -> Tensor:
     """Accumulate into the parameters' .grad the gradient of `scale` times the weighted LM loss of a batch
     and return that loss (a 0-dim tensor, detached, unscaled): the loss
     `weighted_lm_loss(model(batch.inputs).logits, batch)` and its backward, segment by segment (module
@@ -140,13 +156,15 @@ def segment_backprop(model: TitansDNA, batch: LMBatch, precision: str = "fp32",
             every kernel, so B sequences cost about what one does at batch 1.
         precision: autocast precision ("fp32" | "bf16" | "fp16" | "auto").
         cuda_graphs: replay each layer's full-segment step from a CUDA graph (None: on for a CUDA model).
-        runner: a `SegmentRunner` to reuse across steps (keeps its graphs); None makes one.
+        runner: a `SegmentRunner` to reuse across steps (keeps its graphs and compiled layers); None makes
+            one from `cuda_graphs` and `compiled`.
         scale: the gradient's factor (1 / micro-batches per step when accumulating).
+        compiled: full layer-segments run through torch.compile with inductor (`SegmentRunner`).
     """
     ids = batch.inputs
     if cuda_graphs is None:
         cuda_graphs = ids.is_cuda
-    runner = runner or SegmentRunner(model, precision, cuda_graphs)
+    runner = runner or SegmentRunner(model, precision, cuda_graphs, compiled=compiled)
     if runner.cuda_graphs:
         # A graphed backward returns its parameter gradients in static buffers, and autograd adopts a
         # gradient tensor as .grad when .grad is unset: the next replay would overwrite it. Set, it is added
@@ -173,7 +191,9 @@ def _forward(model: TitansDNA, runner: SegmentRunner, waves: Wavefront, ids: Ten
     states: list[list[BlockState | None]] = [[None] * (n + 1) for _ in range(L)]
     with torch.no_grad():
         x = model.embedding(ids)
-        inputs[0] = [x[:, start:stop] for start, stop in spans]
+        # copies, not views of x: a compiled layer's graph is specialised to its input's strides (even a batch
+        # dimension of 1 has one), and these then share the other layers' graphs
+        inputs[0] = [x[:, start:stop].clone(memory_format=torch.contiguous_format) for start, stop in spans]
         with waves.run():
             for index, s in waves.steps(reverse=False):
                 with waves.step(index, s, after=(index - 1, s) if index else None):

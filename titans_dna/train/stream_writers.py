@@ -86,8 +86,10 @@ def _streams(model: TitansDNA, genome: SequenceSource, regions: Sequence[Interva
 def stream_embed_file(model: TitansDNA, genome: SequenceSource, regions: Sequence[Interval],
                       out: str | os.PathLike, stride: int | None = 1000, pooling: str = "mean",
                       piece_segments: int = PIECE_SEGMENTS, precision: str = "fp32",
-                      progress: bool = True, cuda_graph: bool | None = None) -> list[StreamSummary]:
-    """Stream each region as one sequence into an HDF5 file of embeddings (``cuda_graph``: as `RegionStream`).
+                      progress: bool = True, cuda_graph: bool | None = None,
+                      compiled: bool = False) -> list[StreamSummary]:
+    """Stream each region as one sequence into an HDF5 file of embeddings (``cuda_graph``, ``compiled``: as
+    `RegionStream`).
 
     Layout: per region ``names``, ``chrom/start/end/strand``, ``lengths`` [n] and ``embeddings`` float32
     [n, d_model] (the region pooled whole); per window of ``stride`` bp (the last one shorter) ``windows``
@@ -107,7 +109,8 @@ def stream_embed_file(model: TitansDNA, genome: SequenceSource, regions: Sequenc
         windows = _growing(h5, "windows", d, "f4")
         starts, ends = _growing(h5, "window_start", None, "i8"), _growing(h5, "window_end", None, "i8")
         streams = _streams(model, genome, regions, progress, "embed --stream", stride=stride, pooling=pooling,
-                           piece_segments=piece_segments, precision=precision, cuda_graph=cuda_graph)
+                           piece_segments=piece_segments, precision=precision, cuda_graph=cuda_graph,
+                           compiled=compiled)
         for name, stream, bar in streams:
             t0, length = time.perf_counter(), len(stream.region)
             for piece in stream:
@@ -194,9 +197,9 @@ class _Hdf5Track:
 def stream_score_file(model: TitansDNA, genome: SequenceSource, regions: Sequence[Interval],
                       out: str | os.PathLike, stride: int = 1, piece_segments: int = PIECE_SEGMENTS,
                       precision: str = "fp32", progress: bool = True,
-                      cuda_graph: bool | None = None) -> list[StreamSummary]:
+                      cuda_graph: bool | None = None, compiled: bool = False) -> list[StreamSummary]:
     """Per-position log-likelihood under the causal model, each region streamed as one sequence
-    (``cuda_graph``: as `RegionStream`).
+    (``cuda_graph``, ``compiled``: as `RegionStream`).
 
     The track holds log p(x_i | x_<i) (nats) averaged over the scored bases of each ``stride`` bp bin
     (``stride=1``: every base). ``out`` ending in .h5/.hdf5: HDF5 with the per-region datasets of
@@ -220,7 +223,7 @@ def stream_score_file(model: TitansDNA, genome: SequenceSource, regions: Sequenc
             sink = _BedGraphTrack(stack.enter_context(open_output(out)), stride)
         for name, stream, bar in _streams(model, genome, regions, progress, "score --stream",
                                           piece_segments=piece_segments, precision=precision,
-                                          cuda_graph=cuda_graph):
+                                          cuda_graph=cuda_graph, compiled=compiled):
             t0 = time.perf_counter()
             for bins, values, done in _binned_track(stream, stride):
                 sink.add(stream.region, bins, values)

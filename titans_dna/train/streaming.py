@@ -165,16 +165,17 @@ class StreamPiece:
     windows: Tensor  # [k, d_model] pooled hidden states of those windows
 
 
-def graphed_pieces(model: TitansDNA, piece_len: int, precision: str, wavefront: bool = True) -> GraphedPieces:
+def graphed_pieces(model: TitansDNA, piece_len: int, precision: str, wavefront: bool = True,
+                   compiled: bool = False) -> GraphedPieces:
     """The model's captured graph for pieces of `piece_len` tokens at `precision`, captured once and kept on
     the model for all its streams. One capture per stream left 32 MiB allocated after every stream (H200,
     torch 2.11), so streaming a FASTA of many records grew without bound. A graph reads the weights where
     they were at capture: moved weights (new storage) get a new graph in place of the old one."""
     graphs = model.__dict__.setdefault("_stream_graphs", {})
     weights = tuple(p.data_ptr() for p in model.parameters())
-    key = (piece_len, precision, wavefront)
+    key = (piece_len, precision, wavefront, compiled)
     if key not in graphs or graphs[key][0] != weights:
-        graphs[key] = weights, GraphedPieces(model, piece_len, precision, wavefront)
+        graphs[key] = weights, GraphedPieces(model, piece_len, precision, wavefront, compiled)
     return graphs[key][1]
 
 
@@ -198,11 +199,14 @@ class RegionStream:
             model is causal and on CUDA and the region holds two full pieces or more. True needs CUDA.
         wavefront: graphed pieces run their layers as a wavefront over segments, one CUDA stream per layer
             (`model/graphed.wavefront_step`; same outputs), else layer after layer.
+        compiled: graphed pieces run the layers through torch.compile (`model/graphed.piece_layers`;
+            fewer, fused kernels; about a minute of compiling first).
     """
 
     def __init__(self, model: TitansDNA, genome: SequenceSource, region: Interval,
                  stride: int | None = None, pooling: str = "mean", piece_segments: int = PIECE_SEGMENTS,
-                 precision: str = "fp32", cuda_graph: bool | None = None, wavefront: bool = True) -> None:
+                 precision: str = "fp32", cuda_graph: bool | None = None, wavefront: bool = True,
+                 compiled: bool = False) -> None:
         if piece_segments < 1:
             raise ValueError(f"piece_segments must be >= 1, got {piece_segments}")
         if len(region) < 1:
@@ -216,7 +220,8 @@ class RegionStream:
         if cuda_graph is None:
             cuda_graph = (model.device.type == "cuda" and model.config.causal
                           and len(region) // self.piece >= 2)
-        self.graphed = graphed_pieces(model, self.piece, precision, wavefront) if cuda_graph else None
+        self.graphed = (graphed_pieces(model, self.piece, precision, wavefront, compiled) if cuda_graph
+                        else None)
 
     def _token_pieces(self) -> Iterator[tuple[int, Tensor]]:
         """(region offset, ids long [<= piece] on the model's device), fetched READ_BASES at a time."""

@@ -38,6 +38,20 @@ def last_backend() -> str | None:
     return _last_backend
 
 
+def _chunk_module():
+    """The Triton chunk module, or a string saying why there is none (looked up once, at import: the
+    dispatcher stays plain attribute reads, which torch.compile traces)."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    if importlib.util.find_spec(f"{__name__}.chunk") is None:
+        return "the Triton chunk kernel (titans_memory/chunk.py) is not part of this build"
+    # the module exists: import errors inside it are bugs and must surface, not fall back silently
+    return importlib.import_module(f"{__name__}.chunk")
+
+
+_CHUNK = _chunk_module()
+
+
 def _triton_path(q: Tensor, weights: Sequence[Tensor], chunk_size: int, forced: bool,
                  ) -> tuple[Callable | None, str]:
     """The Triton chunk function when it can run these inputs, else (None, why not).
@@ -48,15 +62,11 @@ def _triton_path(q: Tensor, weights: Sequence[Tensor], chunk_size: int, forced: 
     interpret = forced and os.environ.get("TRITON_INTERPRET") == "1"
     if not (q.is_cuda or interpret):
         return None, "inputs are not on a CUDA device (set TRITON_INTERPRET=1 to force the interpreter)"
-    if importlib.util.find_spec("triton") is None:
-        return None, "Triton is not installed"
-    if importlib.util.find_spec(f"{__name__}.chunk") is None:
-        return None, "the Triton chunk kernel (titans_memory/chunk.py) is not part of this build"
-    # the module exists: import errors inside it are bugs and must surface, not fall back silently
-    chunk = importlib.import_module(f"{__name__}.chunk")
-    if not chunk.triton_supports(q, weights, chunk_size):
+    if isinstance(_CHUNK, str):
+        return None, _CHUNK
+    if not _CHUNK.triton_supports(q, weights, chunk_size):
         return None, "the Triton chunk kernel does not support this shape"
-    return chunk.chunk_titans_memory, ""
+    return _CHUNK.chunk_titans_memory, ""
 
 
 def titans_memory(

@@ -28,6 +28,7 @@ from .chunk_fwd import (
     _matrix_fwd_step,
     _mlp_fwd_step,
     _mm,
+    _state_ptrs,
     _store_cols,
     _store_rows,
     _tile_offs,
@@ -194,10 +195,7 @@ def titans_memory_bwd_kernel(
     SIZE: tl.constexpr = HID * D
     NC = tl.cdiv(T, CS)
     n_sc = CK_EVERY - 1
-    p_dw1 = _chain_ptrs(dw1, i_bh, 0, 1, SIZE)
-    p_dw2 = _chain_ptrs(dw2, i_bh, 0, 1, SIZE)
-    p_ds1 = _chain_ptrs(ds1, i_bh, 0, 1, SIZE)
-    p_ds2 = _chain_ptrs(ds2, i_bh, 0, 1, SIZE)
+    p_dw1, p_dw2, p_ds1, p_ds2 = _state_ptrs(dw1, dw2, ds1, ds2, i_bh, 0, 1, SIZE)
     o_t = tl.arange(0, BT)
     for i_r in range(0, N_CK):
         i_s = N_CK - 1 - i_r
@@ -210,15 +208,9 @@ def titans_memory_bwd_kernel(
             n = tl.minimum(CS, T - t0)
             tok = (i_b.to(tl.int64) * T + t0) * H + i_h
             if l == 0:
-                p_w1 = _chain_ptrs(ck_w1, i_bh, i_s, N_CK, SIZE)
-                p_w2 = _chain_ptrs(ck_w2, i_bh, i_s, N_CK, SIZE)
-                p_s1 = _chain_ptrs(ck_s1, i_bh, i_s, N_CK, SIZE)
-                p_s2 = _chain_ptrs(ck_s2, i_bh, i_s, N_CK, SIZE)
+                p_w1, p_w2, p_s1, p_s2 = _state_ptrs(ck_w1, ck_w2, ck_s1, ck_s2, i_bh, i_s, N_CK, SIZE)
             else:
-                p_w1 = _chain_ptrs(sc_w1, i_bh, l - 1, n_sc, SIZE)
-                p_w2 = _chain_ptrs(sc_w2, i_bh, l - 1, n_sc, SIZE)
-                p_s1 = _chain_ptrs(sc_s1, i_bh, l - 1, n_sc, SIZE)
-                p_s2 = _chain_ptrs(sc_s2, i_bh, l - 1, n_sc, SIZE)
+                p_w1, p_w2, p_s1, p_s2 = _state_ptrs(sc_w1, sc_w2, sc_s1, sc_s2, i_bh, l - 1, n_sc, SIZE)
             c, wm, A, E, G = _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT, CS)
             b_k = _load_rows(k + tok * D, n, D, BT, H * D)
             if DEPTH == 1:
@@ -242,15 +234,9 @@ def titans_memory_bwd_kernel(
             n = tl.minimum(CS, T - t0)
             tok = (i_b.to(tl.int64) * T + t0) * H + i_h
             if l == 0:
-                p_w1 = _chain_ptrs(ck_w1, i_bh, i_s, N_CK, SIZE)
-                p_w2 = _chain_ptrs(ck_w2, i_bh, i_s, N_CK, SIZE)
-                p_s1 = _chain_ptrs(ck_s1, i_bh, i_s, N_CK, SIZE)
-                p_s2 = _chain_ptrs(ck_s2, i_bh, i_s, N_CK, SIZE)
+                p_w1, p_w2, p_s1, p_s2 = _state_ptrs(ck_w1, ck_w2, ck_s1, ck_s2, i_bh, i_s, N_CK, SIZE)
             else:
-                p_w1 = _chain_ptrs(sc_w1, i_bh, l - 1, n_sc, SIZE)
-                p_w2 = _chain_ptrs(sc_w2, i_bh, l - 1, n_sc, SIZE)
-                p_s1 = _chain_ptrs(sc_s1, i_bh, l - 1, n_sc, SIZE)
-                p_s2 = _chain_ptrs(sc_s2, i_bh, l - 1, n_sc, SIZE)
+                p_w1, p_w2, p_s1, p_s2 = _state_ptrs(sc_w1, sc_w2, sc_s1, sc_s2, i_bh, l - 1, n_sc, SIZE)
             c, wm, A, E, G = _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT, CS)
             b_q = _load_rows(q + tok * D, n, D, BT, H * D)
             b_k = _load_rows(k + tok * D, n, D, BT, H * D)

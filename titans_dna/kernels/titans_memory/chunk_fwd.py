@@ -271,6 +271,21 @@ def _chain_ptrs(base, i_bh, slot, n_slots, SIZE: tl.constexpr):
     return base + (i_bh.to(tl.int64) * n_slots + slot) * SIZE
 
 
+@triton.jit
+def _chunk_span(i_c, i_b, i_h, T, CS: tl.constexpr, H: tl.constexpr):
+    """Chunk i_c of chain (i_b, i_h): its first position t0, its length n (the last may be short) and the
+    row index of its first token in a [B, T, H, ...] tensor (int64)."""
+    t0 = i_c * CS
+    return t0, tl.minimum(CS, T - t0), (i_b.to(tl.int64) * T + t0) * H + i_h
+
+
+@triton.jit
+def _state_ptrs(w1, w2, s1, s2, i_bh, slot, n_slots, SIZE: tl.constexpr):
+    """`_chain_ptrs` of the four state buffers W1, W2, S1, S2 (depth 1: W2 and S2 alias W1 and S1)."""
+    return (_chain_ptrs(w1, i_bh, slot, n_slots, SIZE), _chain_ptrs(w2, i_bh, slot, n_slots, SIZE),
+            _chain_ptrs(s1, i_bh, slot, n_slots, SIZE), _chain_ptrs(s2, i_bh, slot, n_slots, SIZE))
+
+
 @triton.jit(do_not_specialize=["T", "CK_EVERY", "N_CK"])
 def titans_memory_fwd_kernel(
     q, k, v, cw, aeg, o, w1, w2, s1, s2, ck_w1, ck_w2, ck_s1, ck_s2, T, CK_EVERY, N_CK,
@@ -284,22 +299,15 @@ def titans_memory_fwd_kernel(
     i_bh = tl.program_id(0)
     i_b = i_bh // H
     i_h = i_bh % H
-    p_w1 = _chain_ptrs(w1, i_bh, 0, 1, HID * D)
-    p_s1 = _chain_ptrs(s1, i_bh, 0, 1, HID * D)
-    p_w2 = _chain_ptrs(w2, i_bh, 0, 1, HID * D)
-    p_s2 = _chain_ptrs(s2, i_bh, 0, 1, HID * D)
+    p_w1, p_w2, p_s1, p_s2 = _state_ptrs(w1, w2, s1, s2, i_bh, 0, 1, HID * D)
     for i_c in range(0, tl.cdiv(T, CS)):
-        t0 = i_c * CS
-        n = tl.minimum(CS, T - t0)
-        tok = (i_b.to(tl.int64) * T + t0) * H + i_h
+        t0, n, tok = _chunk_span(i_c, i_b, i_h, T, CS, H)
         if SAVE:
             if i_c % CK_EVERY == 0:
                 slot = i_c // CK_EVERY
                 _copy_state(p_w1, p_w2, p_s1, p_s2,
-                            _chain_ptrs(ck_w1, i_bh, slot, N_CK, HID * D),
-                            _chain_ptrs(ck_w2, i_bh, slot, N_CK, HID * D),
-                            _chain_ptrs(ck_s1, i_bh, slot, N_CK, HID * D),
-                            _chain_ptrs(ck_s2, i_bh, slot, N_CK, HID * D), D, HID, BE, DEPTH)
+                            *_state_ptrs(ck_w1, ck_w2, ck_s1, ck_s2, i_bh, slot, N_CK, HID * D), D, HID, BE,
+                            DEPTH)
                 tl.debug_barrier()
         c, wm, A, E, G = _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT, CS)
         b_q = _load_rows(q + tok * D, n, D, BT, H * D)
@@ -429,6 +437,15 @@ def titans_memory_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               for x in ws + ss]
         if depth == 1:  # the kernel reads layer 2 only for depth 2
             ck = [ck[0], ck[0], ck[1], ck[1]]
+    # imported here: the split kernel module builds on this one's helpers
+    from .chunk_fwd_split import split_programs, titans_memory_fwd_split
+
+    P = split_programs(q, depth, hidden, chunk_size, cfg)
+    if P:
+        with build_switches(cfg):
+            o = titans_memory_fwd_split(q, k, v, coeffs, ws, ss, ck, every, n_ck, P, chunk_size, activation,
+                                        save, cfg)
+        return o, ck if save else []
     o = torch.empty_like(q)
     with build_switches(cfg):
         titans_memory_fwd_kernel[(B * H,)](

@@ -43,6 +43,5 @@ def fused_recurrent_titans_memory(
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         raise NotImplementedError("fused_recurrent_titans_memory keeps no checkpoints and has no backward; "
                                   "use chunk_titans_memory for training (or call under torch.no_grad())")
-    q, k, v, theta, eta, alpha = (x.contiguous() for x in (q, k, v, theta, eta, alpha))
     o, ws, ss = forward_only(q, k, v, theta, eta, alpha, weights, initial_state, chunk_size, activation)
     return o, ((tuple(ws), tuple(ss)) if output_final_state else None)

@@ -1,0 +1,185 @@
+"""Split-chain forward of the chunked Titans memory (depth 2): P programs share one (batch, head) chain.
+
+The persistent kernel (chunk_fwd.py) gives a chain one program, which streams the whole state through
+registers twice per chunk; at batch 1 a few programs run on a card of 132 SMs and each chunk step costs the
+latency of some 40 dependent small matmuls. Here program p of a chain owns the hidden units
+E_p = [p BE, (p + 1) BE): rows E_p of W1 and S1, columns E_p of W2 and S2. It keeps them in registers for the
+whole walk (loaded once, stored once), and per chunk:
+
+1. computes its share of the MLP for the queries and keys: act(x W1[E_p]^T) W2[:, E_p]^T, [BT, D] each;
+2. stores both shares to its slot of a scratch buffer and meets the chain's other programs at a barrier;
+3. sums the P shares of the keys into the error e = k + sum_p share_p - v (every program needs all of e),
+   and those of the queries for its own BT / P rows of the output o;
+4. updates its slices from e alone: g1 = (e W2[:, E_p]) * act'(z), u1 = (c g1)^T k, u2 = (c e)^T act(z).
+
+The barrier is a per-chain counter in global memory: each program adds 1 after its stores and spins until
+the counter reaches P x (chunks done). Scratch slots alternate between two buffers by chunk parity, so a
+program writing chunk c + 1's shares cannot overwrite shares of chunk c that a slower program still reads
+(it reads them before it arrives at barrier c + 1). The P programs of every chain must be resident at once,
+which `split_programs` guarantees by launching at most one program per SM. The sums run in a fixed order:
+results do not depend on timing.
+
+The CPU interpreter runs programs one after another, so there a barrier between programs would never open;
+with P = 1 the same code runs there (each barrier is passed by the program's own arrival).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .chunk_fwd import _act, _chunk_span, _load_coeffs, _load_rows, _mm, _state_ptrs, _tile_offs
+
+# a barrier that stays shut this long (seconds) sets the error flag instead of hanging the card
+MAX_SPINS = tl.constexpr(1 << 26)
+
+
+@triton.jit
+def _barrier(sync, flag, target):
+    """Arrive at the chain's barrier and wait until `target` arrivals have been counted."""
+    tl.debug_barrier()  # every thread's stores are issued before this program arrives
+    tl.atomic_add(sync, 1, sem="release")
+    count = tl.atomic_add(sync, 0, sem="acquire")
+    spins = tl.full([], 0, tl.int32)
+    while (count < target) & (spins < MAX_SPINS):
+        count = tl.atomic_add(sync, 0, sem="acquire")
+        spins += 1
+    if count < target:
+        tl.atomic_max(flag, 1)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _sum_shares(p_part, row0, R: tl.constexpr, D: tl.constexpr, P: tl.constexpr, SLOT: tl.constexpr):
+    """Sum over the P programs' shares of rows row0..row0+R ([R, D] float32); .cg skips the SM's L1,
+    which is not coherent with the other SMs' stores."""
+    offs = (row0 + tl.arange(0, R))[:, None] * D + tl.arange(0, D)[None, :]
+    acc = tl.zeros([R, D], dtype=tl.float32)
+    for r in tl.static_range(P):
+        acc += tl.load(p_part + r * SLOT + offs, cache_modifier=".cg")
+    return acc
+
+
+@triton.jit(do_not_specialize=["T", "CK_EVERY", "N_CK"])
+def titans_memory_fwd_split_kernel(
+    q, k, v, cw, aeg, o, w1, w2, s1, s2, ck_w1, ck_w2, ck_s1, ck_s2, part, sync, flag, T, CK_EVERY, N_CK,
+    H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr,
+    BE: tl.constexpr, P: tl.constexpr, ACT: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr,
+    SAVE: tl.constexpr,
+):
+    """Grid (B * H * P,): program p of chain i_bh owns hidden units p BE .. (p + 1) BE (module docstring).
+    part [B*H, 2, P, 2, BT, D] float32 scratch (parity, program, queries/keys); sync [B*H] int32 zeros;
+    flag [1] int32, set to 1 if a barrier timed out. State and checkpoints as titans_memory_fwd_kernel."""
+    pid = tl.program_id(0)
+    i_bh = pid // P
+    i_p = pid % P
+    i_b = i_bh // H
+    i_h = i_bh % H
+    j = i_p * BE
+    o_1 = _tile_offs(j, D, BE, D, True)  # rows E_p of W1 / S1: [BE, D]
+    o_2 = _tile_offs(j, HID, D, BE, False)  # columns E_p of W2 / S2: [D, BE]
+    p_w1, p_w2, p_s1, p_s2 = _state_ptrs(w1, w2, s1, s2, i_bh, 0, 1, HID * D)
+    b_w1 = tl.load(p_w1 + o_1)
+    b_w2 = tl.load(p_w2 + o_2)
+    b_s1 = tl.load(p_s1 + o_1)
+    b_s2 = tl.load(p_s2 + o_2)
+    SLOT: tl.constexpr = 2 * BT * D
+    R: tl.constexpr = BT // P  # output rows this program sums and writes
+    o_t = tl.arange(0, BT)
+    o_td = o_t[:, None] * D + tl.arange(0, D)[None, :]
+    o_r = i_p * R + tl.arange(0, R)
+    for i_c in range(0, tl.cdiv(T, CS)):
+        t0, n, tok = _chunk_span(i_c, i_b, i_h, T, CS, H)
+        if SAVE:
+            if i_c % CK_EVERY == 0:
+                slot = i_c // CK_EVERY
+                c_w1, c_w2, c_s1, c_s2 = _state_ptrs(ck_w1, ck_w2, ck_s1, ck_s2, i_bh, slot, N_CK, HID * D)
+                tl.store(c_w1 + o_1, b_w1)
+                tl.store(c_w2 + o_2, b_w2)
+                tl.store(c_s1 + o_1, b_s1)
+                tl.store(c_s2 + o_2, b_s2)
+        c, wm, A, E, G = _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT, CS)
+        b_q = _load_rows(q + tok * D, n, D, BT, H * D)
+        b_k = _load_rows(k + tok * D, n, D, BT, H * D)
+        hq, _, _ = _act(_mm(b_q, tl.trans(b_w1), BF16, PREC), ACT)
+        hk, d1, _ = _act(_mm(b_k, tl.trans(b_w1), BF16, PREC), ACT)
+        p_part = part + (i_bh.to(tl.int64) * 2 + i_c % 2) * P * SLOT
+        tl.store(p_part + i_p * SLOT + o_td, _mm(hq, tl.trans(b_w2), BF16, PREC))
+        tl.store(p_part + i_p * SLOT + BT * D + o_td, _mm(hk, tl.trans(b_w2), BF16, PREC))
+        _barrier(sync + i_bh, flag, (i_c + 1) * P)
+        p_o = o + (tok + o_r[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :]
+        q_r = tl.load(q + (tok + o_r[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :],
+                      mask=(o_r < n)[:, None], other=0.0)
+        out = q_r.to(tl.float32) + _sum_shares(p_part, i_p * R, R, D, P, SLOT)
+        tl.store(p_o, out.to(o.dtype.element_ty), mask=(o_r < n)[:, None])
+        y = _sum_shares(p_part + BT * D, 0, BT, D, P, SLOT)
+        b_v = _load_rows(v + tok * D, n, D, BT, H * D)
+        e = tl.where((o_t < n)[:, None], b_k.to(tl.float32) + y - b_v.to(tl.float32), 0.0)
+        g1 = _mm(e, b_w2, BF16, PREC) * d1
+        u1c = _mm(tl.trans(c[:, None] * g1), b_k, BF16, PREC)
+        u1m = _mm(tl.trans(wm[:, None] * g1), b_k, BF16, PREC)
+        u2c = _mm(tl.trans(c[:, None] * e), hk, BF16, PREC)
+        u2m = _mm(tl.trans(wm[:, None] * e), hk, BF16, PREC)
+        b_w1, b_s1 = A * b_w1 + G * b_s1 - u1c, E * b_s1 - u1m
+        b_w2, b_s2 = A * b_w2 + G * b_s2 - u2c, E * b_s2 - u2m
+    tl.store(p_w1 + o_1, b_w1)
+    tl.store(p_w2 + o_2, b_w2)
+    tl.store(p_s1 + o_1, b_s1)
+    tl.store(p_s2 + o_2, b_s2)
+
+
+barrier_flags: list[torch.Tensor] = []  # [the last launch's error flag, int32 [1]]
+
+
+@functools.cache
+def _resident_programs(device: torch.device) -> int:
+    """Programs of a split launch that are surely resident at once: one per SM."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tuning: dict) -> int:
+    """P, the programs per chain of a split launch, or 0 for the persistent kernel.
+
+    Depth 2 only (a matrix memory's rows are independent: no sharing to split). P = hidden / BE for the
+    tile BE = 32, else 64 (tuning "split_be" fixes it), whose B * H * P programs fit one per SM, with
+    P >= 2 (16-unit tiles were no faster than 32: 23.1 against 21.6 ms at 128k x 1 on an H200); P must
+    divide the chunk tile's rows (each program writes BT / P output rows). tuning "split": 0 turns the
+    split off, 1 also turns it on in the CPU interpreter, with P = 1 (its programs run one after another,
+    so P > 1 would wait forever at the first barrier).
+    """
+    if depth != 2 or tuning.get("split") == 0:
+        return 0
+    if q.device.type != "cuda":
+        return 1 if tuning.get("split") == 1 else 0
+    chains, room = q.shape[0] * q.shape[2], _resident_programs(q.device)
+    BT = max(16, triton.next_power_of_2(chunk_size))
+    for be in ([tuning["split_be"]] if "split_be" in tuning else [32, 64]):
+        P = hidden // be
+        if 2 <= P <= BT and hidden % be == 0 and chains * P <= room:
+            return P
+    return 0
+
+
+def titans_memory_fwd_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            coeffs: tuple[torch.Tensor, torch.Tensor], ws: list[torch.Tensor],
+                            ss: list[torch.Tensor], ck: list[torch.Tensor], every: int, n_ck: int, P: int,
+                            chunk_size: int, activation: str, save: bool, cfg: dict) -> torch.Tensor:
+    """Launch the split forward (arguments as titans_memory_fwd, with `ck` its checkpoint buffers and `cfg`
+    its kernel_config). Returns o; the state in ws, ss is updated in place."""
+    B, T, H, D = q.shape
+    hidden = ws[0].shape[-2]
+    BT = max(16, triton.next_power_of_2(chunk_size))
+    part = torch.empty(B * H, 2, P, 2, BT, D, device=q.device, dtype=torch.float32)
+    sync = torch.zeros(B * H + 1, device=q.device, dtype=torch.int32)  # the last entry is the error flag
+    barrier_flags[:] = [sync[B * H:]]
+    o = torch.empty_like(q)
+    titans_memory_fwd_split_kernel[(B * H * P,)](
+        q, k, v, *coeffs, o, ws[0], ws[1], ss[0], ss[1], *ck, part, sync, sync[B * H:], T, every, n_ck,
+        H=H, D=D, HID=hidden, CS=chunk_size, BT=BT, BE=hidden // P, P=P,
+        ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"], SAVE=save,
+        num_warps=cfg.get("split_warps", 4), num_stages=1,
+    )
+    return o

@@ -43,7 +43,7 @@ from titans_dna.train.segment_backprop import SegmentRunner, segment_backprop
 
 GiB = 2**30
 SCOPES = ("memory_op", "attention", "mlp")
-# segment_backprop: layers on their own CUDA streams, that with the layers through torch.compile, or one stream
+# segment_backprop: layers on their own CUDA streams (batch 1), that through torch.compile, or one stream
 SEGMENT_MODES = ("wavefront", "compiled", "serial")
 
 

@@ -16,9 +16,10 @@ Step 2 is the backward of segment checkpointing, in an explicit order. On CUDA e
 (from a state of the same shapes) is captured once by `torch.cuda.make_graphed_callables` and replayed for
 both passes; the first segment (no state yet), a partial last segment and CPU runs go eagerly. Optionally the
 layers of the full segments run through torch.compile (`SegmentRunner`, compiled), graphed or not. Both passes
-run as a wavefront (`Wavefront`): the steps of one wave do not depend on each other, and on CUDA each layer
-runs on its own stream, so the small kernels of up to n_layers layer-segments share the card. Memory: the
-saved inputs and states, O(n_layers x T x d_model) plus one memory state per layer-segment.
+run as a wavefront (`Wavefront`): the steps of one wave do not depend on each other, and on CUDA at batch 1
+each layer runs on its own stream, so the small kernels of up to n_layers layer-segments share the card
+(several sequences run the same order on one stream: on streams they raced, see `segment_backprop`).
+Memory: the saved inputs and states, O(n_layers x T x d_model) plus one memory state per layer-segment.
 """
 
 from __future__ import annotations
@@ -174,7 +175,11 @@ def segment_backprop(model: TitansDNA, batch: LMBatch, precision: str = "fp32",
                 p.grad = torch.zeros_like(p)
     C = model.config.segment_len
     spans = [(start, min(start + C, ids.shape[1])) for start in range(0, ids.shape[1], C)]
-    waves = Wavefront(runner.streams, len(model.layers), len(spans))
+    # Several sequences at once run the waves on one stream: on streams, graphed steps at batch 2 gave wrong
+    # losses and gradients (relative errors 2e-3 and up to 1.3 against the eager steps, H100, 2026-11-26),
+    # from a race not found yet; batch 1 matched the eager steps exactly (4 seeds, twice each).
+    streams = runner.streams if ids.shape[0] == 1 else None
+    waves = Wavefront(streams, len(model.layers), len(spans))
     with _without_checkpointing(model):
         x, inputs, states = _forward(model, runner, waves, ids, spans)
         grad_embedding = torch.zeros_like(x)

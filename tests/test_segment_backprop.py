@@ -118,9 +118,8 @@ def test_a_batch_of_sequences_equals_autograd(seed):
     ("mac", "bf16", True), ("mal", "fp32", True)])
 def test_graphed_layer_segments_equal_eager(block, precision, compiled, seed):
     """On a GPU (Triton memory path): two steps through the graphed layer-segments (captured in the first,
-    captured again for the second's batch of two; at batch 1 each layer on its own stream, as a wavefront, at
-    batch 2 the wavefront on one stream; `compiled`: the layers through inductor inside the graphs) give the
-    eager steps' loss and gradients."""
+    captured again for the second's batch of two; the default runner, one stream; `compiled`: the layers
+    through inductor inside the graphs) give the eager steps' loss and gradients."""
     model = small_model(torch.float32, block).cuda()
     runner = SegmentRunner(model, precision, cuda_graphs=True, compiled=compiled)
     # Inductor rounds bf16 differently from eager autocast (a fused chain keeps its intermediates in float32):

@@ -393,7 +393,7 @@ def _add_stream_args(p: argparse.ArgumentParser, stride: int, stride_help: str) 
                    "CUDA graph of the forward: the same numbers without the kernel-launch overhead)")
     p.add_argument("--compile", action="store_true",
                    help="with --stream on a GPU: the graph runs the layers through torch.compile (fewer, "
-                   "fused kernels: 1.4x faster on a whole genome, after about a minute of compiling)")
+                   "fused kernels: 1.7x faster on a whole genome, after ~30 s of compiling)")
 
 
 def _stream_input(args: argparse.Namespace):

@@ -153,7 +153,7 @@ def compiled_layers(model: TitansDNA, backend: str | Callable = "inductor") -> l
 
 
 def compile_whole(fn: Callable, backend: str | Callable) -> Callable:
-    """torch.compile of `fn` as one graph with static shapes (compiling costs about a minute per process)."""
+    """torch.compile of `fn` as one graph with static shapes (compiling took ~30 s per process on an H200)."""
     # Dynamo keeps its compiled graphs per code object (TitansLayer.forward), and each model's config is a
     # constant of its graphs: past the default limit of 8 graphs, fullgraph=True fails outright, so a process
     # streaming with a dozen models (tests, notebooks) would stop working.

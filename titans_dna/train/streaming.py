@@ -200,7 +200,7 @@ class RegionStream:
         wavefront: graphed pieces run their layers as a wavefront over segments, one CUDA stream per layer
             (`model/graphed.wavefront_step`; same outputs), else layer after layer.
         compiled: graphed pieces run the layers through torch.compile (`model/graphed.piece_layers`;
-            fewer, fused kernels; about a minute of compiling first).
+            fewer, fused kernels; ~30 s of compiling first).
     """
 
     def __init__(self, model: TitansDNA, genome: SequenceSource, region: Interval,

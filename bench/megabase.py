@@ -5,10 +5,9 @@ every 1 kbp, bf16 autocast), with Mbp/s and peak GPU memory per case (torch.cuda
 per case). --modes picks how full pieces run: eagerly ("eager"), replayed from a CUDA graph of the layers one
 after another ("graph"), or from a graph of the layers as a wavefront over segments, one CUDA stream per layer
 ("wavefront", what `embed --stream` uses), or that wavefront with the layers through torch.compile
-("compiled", `embed --stream --compile`; its warm-up includes compiling).
-Each length runs its modes in that order; a graphed run reports its
-speedup and the relative errors of its total log-likelihood and region embedding against the eager run (bf16
-tolerance 1e-2, fp32 1e-5). A graphed time includes capturing the graph.
+("compiled", `embed --stream --compile`; its warm-up includes compiling). Each length runs its modes in that
+order; a graphed run reports its speedup and the relative errors of its total log-likelihood and region
+embedding against the eager run (bf16 tolerance 1e-2, fp32 1e-5). A graphed time includes capturing the graph.
 Targets: peak at 4.64 Mbp within 1.1x of the peak at 256 kbp; the whole genome in under 10 s.
 
 Beside it, on the same card, the longest single forward call of two peers (batch 1, no_grad, bf16), lengths

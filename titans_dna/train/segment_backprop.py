@@ -178,9 +178,7 @@ def segment_backprop(model: TitansDNA, batch: LMBatch, precision: str = "fp32",
                 p.grad = torch.zeros_like(p)
     C = model.config.segment_len
     spans = [(start, min(start + C, ids.shape[1])) for start in range(0, ids.shape[1], C)]
-    # Several sequences at once run the waves on one stream: on streams, graphed steps at batch 2 gave wrong
-    # losses and gradients (relative errors 2e-3 and up to 1.3 against the eager steps, H100, 2026-11-26),
-    # from a race not found yet; batch 1 matched the eager steps exactly (4 seeds, twice each).
+    # several sequences run the waves on one stream: on streams they raced (SegmentRunner)
     streams = runner.streams if ids.shape[0] == 1 else None
     waves = Wavefront(streams, len(model.layers), len(spans))
     with _without_checkpointing(model):

@@ -129,15 +129,16 @@ CASES = [  # depth, T, D, expansion, chunk, activation, initial state, padding g
 
 @pytest.fixture(params=[0, 1], ids=["persistent", "split"])
 def split(request, monkeypatch):
-    """The forward kernel: persistent (one program per chain) or split-chain (chunk_fwd_split.py, forced;
-    P = 1 in the interpreter, which runs programs one after another). The value is the split module's list of
-    launch flags, which the test checks is not empty when split; no barrier may have timed out."""
+    """The kernels: persistent (one program per chain) or split-chain (chunk_fwd_split.py and
+    chunk_bwd_split.py, forced; P = 1 in the interpreter, which runs programs one after another). The value is
+    the split modules' launch flags by kernel ("fwd", "bwd"), which the tests check; no barrier may have timed
+    out."""
     from titans_dna.kernels.titans_memory import chunk_fwd, chunk_fwd_split
 
     monkeypatch.setitem(chunk_fwd.TUNING, "split", request.param)
     chunk_fwd_split.barrier_flags.clear()
     yield chunk_fwd_split.barrier_flags if request.param else None
-    assert all(flag.item() == 0 for flag in chunk_fwd_split.barrier_flags)
+    assert all(flag.item() == 0 for flag in chunk_fwd_split.barrier_flags.values())
 
 
 @interpreted_only
@@ -155,7 +156,7 @@ def test_chunk_matches_reference(ops, seed, split, depth, T, D, expansion, chunk
     kw = dict(chunk_size=chunk, activation=act)
     ref = run_with_grads(naive_chunk_titans_memory, xs, weights, state, torch.float64, do, dstate, **kw)
     got = run_with_grads(chunk_mod.chunk_titans_memory, xs, weights, state, torch.float32, do, dstate, **kw)
-    assert split is None or split  # the split kernel ran
+    assert split is None or split.keys() == {"fwd", "bwd"}  # both split kernels ran
     # the interpreter's float32 erf is good to ~1e-6, against ~1e-7 for the silu path. The kernel's float32
     # gate gradients reached 5.5e-5 on one draw (TITANS_DNA_SEED=1769216316, depth 1), where the float32
     # PyTorch reference stays under 5e-6: a known precision gap of the gate-gradient kernel, bounded at 1e-4.
@@ -163,7 +164,7 @@ def test_chunk_matches_reference(ops, seed, split, depth, T, D, expansion, chunk
 
 
 @interpreted_only
-def test_chunk_bf16(ops, seed):
+def test_chunk_bf16(ops, seed, split):
     chunk_mod, _ = ops
     B, T, H, D = 1, 40, 2, 16
     xs, weights, _ = make_inputs(B, T, H, D, 2, 2, False)
@@ -181,6 +182,7 @@ def test_chunk_bf16(ops, seed):
     ref = run_with_grads(naive_chunk_titans_memory, xs, weights, None, torch.float64, do, dstate, **kw)
     got = run_with_grads(chunk_mod.chunk_titans_memory, xs, weights, None, torch.bfloat16, do, dstate, **kw)
     assert got["o"].dtype == torch.bfloat16 and got["dtheta"].dtype == torch.bfloat16
+    assert split is None or split.keys() == {"fwd", "bwd"}
     assert_close(got, ref, 3e-2)
 
 
@@ -207,7 +209,7 @@ def test_fused_recurrent_streams(ops, seed, split, with_state):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     after = [*weights, *(state[0] + state[1] if state else ())]
     assert all(torch.equal(a, b) for a, b in zip(after, inputs_before, strict=True))
-    assert split is None or split  # the split kernel ran
+    assert split is None or "fwd" in split  # the split kernel ran
     with pytest.raises(NotImplementedError, match="no backward"):
         fused_mod.fused_recurrent_titans_memory(*xs, [w.requires_grad_() for w in weights], chunk_size=cs)
 
@@ -301,9 +303,9 @@ def test_split_programs_choice(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the split barrier needs programs running at once")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B,H,hidden", [(1, 4, 128), (1, 8, 256), (4, 8, 256)])
-def test_split_forward_on_gpu(seed, monkeypatch, dtype, B, H, hidden):
-    """On a GPU, P > 1: the split forward's output, final state and (through the saved checkpoints) every
-    gradient = the persistent kernel's, and both = the float64 reference; no barrier timed out."""
+def test_split_kernels_on_gpu(seed, monkeypatch, dtype, B, H, hidden):
+    """On a GPU, P > 1: the split kernels' output, final state and every gradient = the persistent kernels',
+    and both = the float64 reference; no barrier timed out."""
     from titans_dna.kernels.titans_memory import chunk, chunk_fwd, chunk_fwd_split
 
     T, D, cs = 1000, 64, 64
@@ -323,7 +325,8 @@ def test_split_forward_on_gpu(seed, monkeypatch, dtype, B, H, hidden):
         monkeypatch.setitem(chunk_fwd.TUNING, "split", split)
         runs[split] = run_with_grads(chunk.chunk_titans_memory, xs, weights, state, dtype, do, dstate, **kw)
     P = chunk_fwd_split.split_programs(xs[0], 2, hidden, cs, {})
-    assert P >= 2 and chunk_fwd_split.barrier_flags[0].item() == 0
+    flags = chunk_fwd_split.barrier_flags
+    assert P >= 2 and flags.keys() == {"fwd", "bwd"} and all(f.item() == 0 for f in flags.values())
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     assert_close(runs[1], ref, tol, gate_tol=tol * 5)
     assert_close(runs[1], runs[0], tol)

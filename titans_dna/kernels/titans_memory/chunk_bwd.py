@@ -78,29 +78,32 @@ def _matrix_bwd_step(p_w, p_s, p_dw, p_ds, b_q, b_k, p_v, p_do, p_dv, stride, n,
 
 
 @triton.jit
-def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, b_v, b_do, n,
-                  c, wm, A, E, G, D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
-                  ACT: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr):
-    """Depth 2 reverse step (M(x) = x + W2 act(W1 x)) in four passes over hidden tiles:
-    A) the error e; B) everything that feeds de (its full sum is needed before dh); C) dh, dz, the local
-    weight gradients and the adjoint update, in place; D) the retrieval's gradients.
-    Returns dq, dk, dv [BT, D], dc, dwm [BT], dA, dE, dG."""
-    o_t = tl.arange(0, BT)
+def _y_pass(p_w1, p_w2, b_k, j_lo, j_hi, D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr,
+            BT: tl.constexpr, ACT: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr):
+    """Depth-2 reverse step, pass A over hidden units j_lo..j_hi: their share of y = act(k W1^T) W2^T, which
+    gives the error e = k + y - v."""
     acc_y = tl.zeros([BT, D], dtype=tl.float32)
-    for j in range(0, HID, BE):
+    for j in range(j_lo, j_hi, BE):
         b_w1 = tl.load(p_w1 + _tile_offs(j, D, BE, D, True))
         b_w2 = tl.load(p_w2 + _tile_offs(j, HID, D, BE, False))
         hk, _, _ = _act(_mm(b_k, tl.trans(b_w1), BF16, PREC), ACT)
         acc_y += _mm(hk, tl.trans(b_w2), BF16, PREC)
-    e = tl.where((o_t < n)[:, None], b_k.to(tl.float32) + acc_y - b_v.to(tl.float32), 0.0)
+    return acc_y
 
+
+@triton.jit
+def _de_pass(p_w1, p_w2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, c, wm, j_lo, j_hi, D: tl.constexpr,
+             HID: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr, ACT: tl.constexpr, BF16: tl.constexpr,
+             PREC: tl.constexpr):
+    """Pass B over hidden units j_lo..j_hi: their shares of everything that feeds de (its full sum is needed
+    before dh), of dk and of dL/dc, dL/d(m theta). Returns dk, de [BT, D], dc, dwm [BT]."""
     dk = tl.zeros([BT, D], dtype=tl.float32)
     de = tl.zeros([BT, D], dtype=tl.float32)
     r2 = tl.zeros([BT, D], dtype=tl.float32)
     r2s = tl.zeros([BT, D], dtype=tl.float32)
     dc = tl.zeros([BT], dtype=tl.float32)
     dwm = tl.zeros([BT], dtype=tl.float32)
-    for j in range(0, HID, BE):
+    for j in range(j_lo, j_hi, BE):
         o_1 = _tile_offs(j, D, BE, D, True)
         o_2 = _tile_offs(j, HID, D, BE, False)
         b_w1 = tl.load(p_w1 + o_1)
@@ -124,13 +127,19 @@ def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, 
     de -= c[:, None] * r2 + wm[:, None] * r2s
     dc -= tl.sum(e * r2, axis=1)
     dwm -= tl.sum(e * r2s, axis=1)
+    return dk, de, dc, dwm
 
+
+@triton.jit
+def _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de, dk, c, wm, A, E, G, j_lo,
+                 j_hi, D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr, ACT: tl.constexpr,
+                 BF16: tl.constexpr, PREC: tl.constexpr):
+    """Pass C over hidden units j_lo..j_hi: dh, dz, the local weight gradients and the adjoint update, in
+    place. Returns dk (plus their share) and their shares of dA, dE, dG."""
     dA = tl.full([], 0.0, tl.float32)
     dE = tl.full([], 0.0, tl.float32)
     dG = tl.full([], 0.0, tl.float32)
-    # C overwrites adjoint tiles that other threads read in B, and D re-reads what C wrote
-    tl.debug_barrier()
-    for j in range(0, HID, BE):
+    for j in range(j_lo, j_hi, BE):
         o_1 = _tile_offs(j, D, BE, D, True)
         o_2 = _tile_offs(j, HID, D, BE, False)
         b_w1 = tl.load(p_w1 + o_1)
@@ -159,12 +168,18 @@ def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, 
         tl.store(p_ds1 + o_1, E * b_ds1 + G * b_dw1)
         tl.store(p_dw2 + o_2, A * b_dw2 + g_w2)
         tl.store(p_ds2 + o_2, E * b_ds2 + G * b_dw2)
+    return dk, dA, dE, dG
 
-    # D) retrieval o = q + act(q W1^T) W2^T: its weight gradients add onto the updated adjoint (kept out
-    # of pass C so fewer [BT, D] blocks are live at once)
+
+@triton.jit
+def _retrieval_pass(p_w1, p_w2, p_dw1, p_dw2, b_q, b_do, j_lo, j_hi, D: tl.constexpr, HID: tl.constexpr,
+                    BE: tl.constexpr, BT: tl.constexpr, ACT: tl.constexpr, BF16: tl.constexpr,
+                    PREC: tl.constexpr):
+    """Pass D over hidden units j_lo..j_hi: the retrieval o = q + act(q W1^T) W2^T. Its weight gradients add
+    onto the updated adjoint (kept out of pass C so fewer [BT, D] blocks are live at once); returns their
+    share of dq (without the identity path)."""
     dq = tl.zeros([BT, D], dtype=tl.float32)
-    tl.debug_barrier()
-    for j in range(0, HID, BE):
+    for j in range(j_lo, j_hi, BE):
         o_1 = _tile_offs(j, D, BE, D, True)
         o_2 = _tile_offs(j, HID, D, BE, False)
         b_w1 = tl.load(p_w1 + o_1)
@@ -174,7 +189,47 @@ def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, 
         dq += _mm(dzq, b_w1, BF16, PREC)
         tl.store(p_dw1 + o_1, tl.load(p_dw1 + o_1) + _mm(tl.trans(dzq), b_q, BF16, PREC))
         tl.store(p_dw2 + o_2, tl.load(p_dw2 + o_2) + _mm(tl.trans(b_do), hq, BF16, PREC))
+    return dq
+
+
+@triton.jit
+def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, b_v, b_do, n,
+                  c, wm, A, E, G, D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
+                  ACT: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr):
+    """Depth 2 reverse step (M(x) = x + W2 act(W1 x)) in four passes over hidden tiles:
+    A) the error e; B) everything that feeds de; C) dh, dz, the local weight gradients and the adjoint update,
+    in place; D) the retrieval's gradients. Returns dq, dk, dv [BT, D], dc, dwm [BT], dA, dE, dG."""
+    o_t = tl.arange(0, BT)
+    acc_y = _y_pass(p_w1, p_w2, b_k, 0, HID, D, HID, BE, BT, ACT, BF16, PREC)
+    e = tl.where((o_t < n)[:, None], b_k.to(tl.float32) + acc_y - b_v.to(tl.float32), 0.0)
+    dk, de, dc, dwm = _de_pass(p_w1, p_w2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, c, wm, 0, HID, D, HID, BE, BT,
+                               ACT, BF16, PREC)
+    # C overwrites adjoint tiles that other threads read in B, and D re-reads what C wrote
+    tl.debug_barrier()
+    dk, dA, dE, dG = _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de, dk, c, wm,
+                                  A, E, G, 0, HID, D, HID, BE, ACT, BF16, PREC)
+    tl.debug_barrier()
+    dq = _retrieval_pass(p_w1, p_w2, p_dw1, p_dw2, b_q, b_do, 0, HID, D, HID, BE, BT, ACT, BF16, PREC)
     return b_do.to(tl.float32) + dq, dk + de, -de, dc, dwm, dA, dE, dG
+
+
+@triton.jit
+def _reverse_segment(i_r, N_CK, CK_EVERY, NC):
+    """The i_r-th checkpoint segment from the end: its index, first chunk and number of chunks."""
+    i_s = N_CK - 1 - i_r
+    c_lo = i_s * CK_EVERY
+    return i_s, c_lo, tl.minimum(CK_EVERY, NC - c_lo)
+
+
+@triton.jit
+def _chunk_start_ptrs(ck_w1, ck_w2, ck_s1, ck_s2, sc_w1, sc_w2, sc_s1, sc_s2, i_bh, i_s, l, N_CK, n_sc,
+                      SIZE: tl.constexpr):
+    """The state at the start of chunk l of segment i_s: its checkpoint for l = 0, else scratch slot l - 1."""
+    if l == 0:
+        p_w1, p_w2, p_s1, p_s2 = _state_ptrs(ck_w1, ck_w2, ck_s1, ck_s2, i_bh, i_s, N_CK, SIZE)
+    else:
+        p_w1, p_w2, p_s1, p_s2 = _state_ptrs(sc_w1, sc_w2, sc_s1, sc_s2, i_bh, l - 1, n_sc, SIZE)
+    return p_w1, p_w2, p_s1, p_s2
 
 
 @triton.jit(do_not_specialize=["T", "CK_EVERY", "N_CK"])
@@ -198,19 +253,15 @@ def titans_memory_bwd_kernel(
     p_dw1, p_dw2, p_ds1, p_ds2 = _state_ptrs(dw1, dw2, ds1, ds2, i_bh, 0, 1, SIZE)
     o_t = tl.arange(0, BT)
     for i_r in range(0, N_CK):
-        i_s = N_CK - 1 - i_r
-        c_lo = i_s * CK_EVERY
-        n_l = tl.minimum(CK_EVERY, NC - c_lo)
+        i_s, c_lo, n_l = _reverse_segment(i_r, N_CK, CK_EVERY, NC)
         # recompute the chunk-start states of this segment into the scratch
         for l in range(0, n_l - 1):
             i_c = c_lo + l
             t0 = i_c * CS
             n = tl.minimum(CS, T - t0)
             tok = (i_b.to(tl.int64) * T + t0) * H + i_h
-            if l == 0:
-                p_w1, p_w2, p_s1, p_s2 = _state_ptrs(ck_w1, ck_w2, ck_s1, ck_s2, i_bh, i_s, N_CK, SIZE)
-            else:
-                p_w1, p_w2, p_s1, p_s2 = _state_ptrs(sc_w1, sc_w2, sc_s1, sc_s2, i_bh, l - 1, n_sc, SIZE)
+            p_w1, p_w2, p_s1, p_s2 = _chunk_start_ptrs(ck_w1, ck_w2, ck_s1, ck_s2, sc_w1, sc_w2, sc_s1, sc_s2,
+                                                       i_bh, i_s, l, N_CK, n_sc, SIZE)
             c, wm, A, E, G = _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT, CS)
             b_k = _load_rows(k + tok * D, n, D, BT, H * D)
             if DEPTH == 1:
@@ -233,10 +284,8 @@ def titans_memory_bwd_kernel(
             t0 = i_c * CS
             n = tl.minimum(CS, T - t0)
             tok = (i_b.to(tl.int64) * T + t0) * H + i_h
-            if l == 0:
-                p_w1, p_w2, p_s1, p_s2 = _state_ptrs(ck_w1, ck_w2, ck_s1, ck_s2, i_bh, i_s, N_CK, SIZE)
-            else:
-                p_w1, p_w2, p_s1, p_s2 = _state_ptrs(sc_w1, sc_w2, sc_s1, sc_s2, i_bh, l - 1, n_sc, SIZE)
+            p_w1, p_w2, p_s1, p_s2 = _chunk_start_ptrs(ck_w1, ck_w2, ck_s1, ck_s2, sc_w1, sc_w2, sc_s1, sc_s2,
+                                                       i_bh, i_s, l, N_CK, n_sc, SIZE)
             c, wm, A, E, G = _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT, CS)
             b_q = _load_rows(q + tok * D, n, D, BT, H * D)
             b_k = _load_rows(k + tok * D, n, D, BT, H * D)
@@ -334,15 +383,23 @@ def titans_memory_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: 
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dcw = torch.empty(B * H, 2, T, device=q.device, dtype=torch.float32)
     dsc = torch.empty(B * H, n_chunks, 4, device=q.device, dtype=torch.float32)
-    act = 0 if activation == "silu" else 1
+    # imported here: the split kernel module builds on this one's helpers
+    from .chunk_bwd_split import titans_memory_bwd_split
+    from .chunk_fwd_split import split_programs
+
+    P = split_programs(q, depth, hidden, chunk_size, cfg) if cfg.get("split_bwd", 1) else 0
     with build_switches(cfg):
-        titans_memory_bwd_kernel[(B * H,)](
-            q, k, v, *coeffs, do, dq, dk, dv, dcw, dsc, *ckpts, *scratch,
-            dws[0], dws[-1], dss[0], dss[-1], T, every, n_ck,
-            H=H, D=D, HID=hidden, CS=chunk_size, BT=cfg["BT"], BE_F=cfg["BE_F"], BE=cfg["BE"], DEPTH=depth,
-            ACT=act, BF16=cfg["BF16"], PREC=cfg["PREC"], num_warps=cfg["num_warps_bwd"],
-            num_stages=cfg["num_stages_bwd"],
-        )
+        if P:
+            titans_memory_bwd_split(q, k, v, coeffs, do, (dq, dk, dv, dcw, dsc), ckpts, scratch, dws, dss,
+                                    every, n_ck, P, chunk_size, activation, cfg)
+        else:
+            titans_memory_bwd_kernel[(B * H,)](
+                q, k, v, *coeffs, do, dq, dk, dv, dcw, dsc, *ckpts, *scratch,
+                dws[0], dws[-1], dss[0], dss[-1], T, every, n_ck,
+                H=H, D=D, HID=hidden, CS=chunk_size, BT=cfg["BT"], BE_F=cfg["BE_F"], BE=cfg["BE"],
+                DEPTH=depth, ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"],
+                num_warps=cfg["num_warps_bwd"], num_stages=cfg["num_stages_bwd"],
+            )
     dtheta, deta, dalpha = torch.empty_like(theta), torch.empty_like(eta), torch.empty_like(alpha)
     titans_memory_gate_bwd_kernel[(n_chunks, B * H)](
         theta, eta, alpha, dcw, dsc, dtheta, deta, dalpha, T, H=H, CS=chunk_size, BT=cfg["BT"], num_warps=8,

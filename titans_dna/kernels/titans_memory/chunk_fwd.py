@@ -242,11 +242,21 @@ def _mlp_fwd_step(p_w1, p_w2, p_s1, p_s2, p_w1n, p_w2n, p_s1n, p_s2n, b_q, b_k, 
         _store_rows(p_o, b_q.to(tl.float32) + acc_o, n, D, BT, stride)
     o_t = tl.arange(0, BT)
     e = tl.where((o_t < n)[:, None], b_k.to(tl.float32) + acc_y - b_v.to(tl.float32), 0.0)
-    ce = c[:, None] * e
-    we = wm[:, None] * e
     # pass 2 overwrites tiles that other threads read in pass 1 (in-place update)
     tl.debug_barrier()
-    for j in range(0, HID, BE):
+    _mlp_update_tiles(p_w1, p_w2, p_s1, p_s2, p_w1n, p_w2n, p_s1n, p_s2n, b_k, e, c, wm, A, E, G, 0, HID, D,
+                      HID, BE, ACT, BF16, PREC)
+
+
+@triton.jit
+def _mlp_update_tiles(p_w1, p_w2, p_s1, p_s2, p_w1n, p_w2n, p_s1n, p_s2n, b_k, e, c, wm, A, E, G, j_lo, j_hi,
+                      D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr, ACT: tl.constexpr,
+                      BF16: tl.constexpr, PREC: tl.constexpr):
+    """The depth-2 update of hidden units j_lo..j_hi from the error e, tile by tile: from (p_w*, p_s*) to
+    (p_w*n, p_s*n), which may be the same buffers."""
+    ce = c[:, None] * e
+    we = wm[:, None] * e
+    for j in range(j_lo, j_hi, BE):
         o_1 = _tile_offs(j, D, BE, D, True)
         o_2 = _tile_offs(j, HID, D, BE, False)
         b_w1 = tl.load(p_w1 + o_1)
@@ -324,8 +334,9 @@ def titans_memory_fwd_kernel(
 
 
 # Overrides of kernel_config's choices (keys BE_F, BE, num_warps[_bwd], num_stages[_bwd], BF16, PREC,
-# wgmma), empty in normal use: the benchmark sweeps tile sizes, warps and dot precisions through it
-# (bench/memory_kernels.py --sweep), and TITANS_DNA_KERNEL_TUNING (a JSON object) sets it for a whole run.
+# wgmma; for the split kernels split, split_bwd, split_be, split_warps[_bwd], split_maxnreg), empty in normal
+# use: the benchmark sweeps tile sizes, warps and dot precisions through it (bench/memory_kernels.py
+# --sweep), and TITANS_DNA_KERNEL_TUNING (a JSON object) sets it for a whole run.
 TUNING: dict = json.loads(os.environ.get("TITANS_DNA_KERNEL_TUNING") or "{}")
 
 

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_fwd import _act, _chunk_span, _load_coeffs, _load_rows, _mm, _state_ptrs, _tile_offs
+from .chunk_fwd import _act, _chunk_span, _load_coeffs, _load_rows, _mm, _state_ptrs, _tile_offs, interpreting
 
 # a barrier that stays shut this long (seconds) sets the error flag instead of hanging the card
 MAX_SPINS = tl.constexpr(1 << 26)
@@ -61,6 +61,20 @@ def _sum_shares(p_part, row0, R: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
     for r in tl.static_range(P):
         acc += tl.load(p_part + r * SLOT + offs, cache_modifier=".cg")
     return acc
+
+
+@triton.jit
+def _slice_update(b_w1, b_w2, b_s1, b_s2, e, b_k, hk, d1, c, wm, A, E, G, BF16: tl.constexpr,
+                  PREC: tl.constexpr):
+    """One chunk's update of a program's state slices from the chain's error e [BT, D] and the program's
+    hidden activations hk = act(z), d1 = act'(z) [BT, BE]: g1 = (e W2[:, E_p]) * d1,
+    W' = A W + G S - (c g)^T h, S' = E S - (m theta g)^T h per layer. Returns W1', W2', S1', S2'."""
+    g1 = _mm(e, b_w2, BF16, PREC) * d1
+    u1c = _mm(tl.trans(c[:, None] * g1), b_k, BF16, PREC)
+    u1m = _mm(tl.trans(wm[:, None] * g1), b_k, BF16, PREC)
+    u2c = _mm(tl.trans(c[:, None] * e), hk, BF16, PREC)
+    u2m = _mm(tl.trans(wm[:, None] * e), hk, BF16, PREC)
+    return A * b_w1 + G * b_s1 - u1c, A * b_w2 + G * b_s2 - u2c, E * b_s1 - u1m, E * b_s2 - u2m
 
 
 @triton.jit(do_not_specialize=["T", "CK_EVERY", "N_CK"])
@@ -118,20 +132,16 @@ def titans_memory_fwd_split_kernel(
         y = _sum_shares(p_part + BT * D, 0, BT, D, P, SLOT)
         b_v = _load_rows(v + tok * D, n, D, BT, H * D)
         e = tl.where((o_t < n)[:, None], b_k.to(tl.float32) + y - b_v.to(tl.float32), 0.0)
-        g1 = _mm(e, b_w2, BF16, PREC) * d1
-        u1c = _mm(tl.trans(c[:, None] * g1), b_k, BF16, PREC)
-        u1m = _mm(tl.trans(wm[:, None] * g1), b_k, BF16, PREC)
-        u2c = _mm(tl.trans(c[:, None] * e), hk, BF16, PREC)
-        u2m = _mm(tl.trans(wm[:, None] * e), hk, BF16, PREC)
-        b_w1, b_s1 = A * b_w1 + G * b_s1 - u1c, E * b_s1 - u1m
-        b_w2, b_s2 = A * b_w2 + G * b_s2 - u2c, E * b_s2 - u2m
+        b_w1, b_w2, b_s1, b_s2 = _slice_update(b_w1, b_w2, b_s1, b_s2, e, b_k, hk, d1, c, wm, A, E, G,
+                                               BF16, PREC)
     tl.store(p_w1 + o_1, b_w1)
     tl.store(p_w2 + o_2, b_w2)
     tl.store(p_s1 + o_1, b_s1)
     tl.store(p_s2 + o_2, b_s2)
 
 
-barrier_flags: list[torch.Tensor] = []  # [the last launch's error flag, int32 [1]]
+# the last launch's error flag (int32 [1]) of each split kernel, "fwd" and "bwd"
+barrier_flags: dict[str, torch.Tensor] = {}
 
 
 @functools.cache
@@ -163,6 +173,15 @@ def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tu
     return 0
 
 
+def register_cap(cfg: dict) -> dict:
+    """Launch options that let ptxas use all 255 registers per thread (tuning "split_maxnreg", 0 for
+    ptxas' own choice). Left to choose, ptxas 12.9 built some of these kernels with 32 registers and 5-12
+    KiB of spills per thread (the forward with P = 8 at 4 warps, the backward at most shapes), where it
+    gives the same PTX 255 registers and 1.5-4 KiB with the cap stated (sm_90a, Triton 3.9 PTX)."""
+    cap = cfg.get("split_maxnreg", 255)
+    return {"maxnreg": cap} if cap and not interpreting() else {}
+
+
 def titans_memory_fwd_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             coeffs: tuple[torch.Tensor, torch.Tensor], ws: list[torch.Tensor],
                             ss: list[torch.Tensor], ck: list[torch.Tensor], every: int, n_ck: int, P: int,
@@ -174,12 +193,12 @@ def titans_memory_fwd_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     BT = max(16, triton.next_power_of_2(chunk_size))
     part = torch.empty(B * H, 2, P, 2, BT, D, device=q.device, dtype=torch.float32)
     sync = torch.zeros(B * H + 1, device=q.device, dtype=torch.int32)  # the last entry is the error flag
-    barrier_flags[:] = [sync[B * H:]]
+    barrier_flags["fwd"] = sync[B * H:]
     o = torch.empty_like(q)
     titans_memory_fwd_split_kernel[(B * H * P,)](
         q, k, v, *coeffs, o, ws[0], ws[1], ss[0], ss[1], *ck, part, sync, sync[B * H:], T, every, n_ck,
         H=H, D=D, HID=hidden, CS=chunk_size, BT=BT, BE=hidden // P, P=P,
         ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"], SAVE=save,
-        num_warps=cfg.get("split_warps", 4), num_stages=1,
+        num_warps=cfg.get("split_warps", 4), num_stages=1, **register_cap(cfg),
     )
     return o

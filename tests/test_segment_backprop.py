@@ -113,15 +113,16 @@ def test_a_batch_of_sequences_equals_autograd(seed):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("block, precision, compiled", [
-    ("mac", "fp32", False), ("mac", "bf16", False), ("mal", "fp32", False), ("mac", "fp32", True),
-    ("mac", "bf16", True), ("mal", "fp32", True)])
-def test_graphed_layer_segments_equal_eager(block, precision, compiled, seed):
+@pytest.mark.parametrize("block, precision, compiled, wavefront", [
+    ("mac", "fp32", False, False), ("mac", "bf16", False, False), ("mal", "fp32", False, False),
+    ("mac", "fp32", True, False), ("mac", "bf16", True, False), ("mal", "fp32", True, False),
+    ("mac", "fp32", False, True), ("mac", "bf16", False, True), ("mac", "fp32", True, True)])
+def test_graphed_layer_segments_equal_eager(block, precision, compiled, wavefront, seed):
     """On a GPU (Triton memory path): two steps through the graphed layer-segments (captured in the first,
-    captured again for the second's batch of two; the default runner, one stream; `compiled`: the layers
-    through inductor inside the graphs) give the eager steps' loss and gradients."""
+    captured again for the second's batch of two; `compiled`: the layers through inductor inside the graphs;
+    `wavefront`: each layer on its own stream) give the eager steps' loss and gradients."""
     model = small_model(torch.float32, block).cuda()
-    runner = SegmentRunner(model, precision, cuda_graphs=True, compiled=compiled)
+    runner = SegmentRunner(model, precision, cuda_graphs=True, wavefront=wavefront, compiled=compiled)
     # Inductor rounds bf16 differently from eager autocast (a fused chain keeps its intermediates in float32):
     # on an H100 the compiled and the eager bf16 gradients each lay 4-6 % from the float32 ones at their
     # worst, and 2.5-6 % from each other.

@@ -16,9 +16,8 @@ Step 2 is the backward of segment checkpointing, in an explicit order. On CUDA e
 (from a state of the same shapes) is captured once by `torch.cuda.make_graphed_callables` and replayed for
 both passes; the first segment (no state yet), a partial last segment and CPU runs go eagerly. Optionally the
 layers of the full segments run through torch.compile (`SegmentRunner`, compiled), graphed or not. Both passes
-run as a wavefront (`Wavefront`): the steps of one wave do not depend on each other; optionally, on CUDA at
-batch 1, each layer runs on its own stream, so the small kernels of up to n_layers layer-segments share the
-card (off by default: on streams the graphed steps raced, see `SegmentRunner`).
+run as a wavefront (`Wavefront`): the steps of one wave do not depend on each other, and with CUDA graphs
+each layer runs on its own stream, so the small kernels of up to n_layers layer-segments share the card.
 Memory: the saved inputs and states, O(n_layers x T x d_model) plus one memory state per layer-segment.
 """
 
@@ -78,11 +77,11 @@ class LayerSegment(nn.Module):
 
 class SegmentRunner:
     """Runs each layer on a segment: eagerly, or (CUDA, full segment, captured state shapes) through the
-    layer's graphed `LayerSegment`, captured on its first such call. With graphs and `wavefront`, each layer
-    also gets its own CUDA stream (`streams`), on which `segment_backprop` runs that layer's steps at batch 1.
-    `wavefront` is off by default: graphed steps on streams gave wrong gradients at batch 2 (a race not found
-    yet), and a GPU test comparing them with eager steps still failed after batch 2 moved to one stream
-    (BENCHMARKS.md, sixth session); on one stream the graphed steps equal the eager ones bit for bit.
+    layer's graphed `LayerSegment`, captured on its first such call. With graphs and `wavefront` (the
+    default), each layer also gets its own CUDA stream (`streams`), on which `segment_backprop` runs that
+    layer's steps, and its own capture stream (`capture_stream`: graphs captured on a shared one raced on
+    their common cuBLAS workspace when replayed at once, BENCHMARKS.md). Either way the graphed steps equal
+    the eager ones bit for bit.
 
     With `compiled`, full segments from a state (the repeated step, graphed or not) run the layer through
     torch.compile (`compiled_layers`, with `compile_backend`): inductor fuses the small elementwise kernels
@@ -90,12 +89,16 @@ class SegmentRunner:
     stay eager: each would be another static-shape graph to compile for one call per step.
     """
 
-    def __init__(self, model: TitansDNA, precision: str, cuda_graphs: bool, wavefront: bool = False,
+    def __init__(self, model: TitansDNA, precision: str, cuda_graphs: bool, wavefront: bool = True,
                  compiled: bool = False, compile_backend: str | Callable = "inductor") -> None:
         self.model, self.precision, self.cuda_graphs = model, precision, cuda_graphs
         self.graphed: dict[int, tuple[object, nn.Module]] = {}  # layer -> (state signature, graphed callable)
         self.streams = ([torch.cuda.Stream(model.device) for _ in model.layers]
                         if wavefront and cuda_graphs and model.device.type == "cuda" else None)
+        # one capture stream per layer, so that graphs replayed at once on the layers' streams do not share
+        # a cuBLAS workspace (`capture_stream`)
+        self.capture_streams = ([torch.cuda.Stream(model.device) for _ in model.layers]
+                                if self.streams else [None] * len(model.layers))
         self.layers = compiled_layers(model, compile_backend) if compiled else list(model.layers)
 
     def __call__(self, index: int, x: Tensor, state: BlockState | None) -> tuple[Tensor, BlockState]:
@@ -113,7 +116,7 @@ class SegmentRunner:
                       *(t.detach().clone().requires_grad_() for t in leaves))
             # the first capture comes in the forward pass, under no_grad: a graph captured there would
             # save nothing for a backward, and make_graphed_callables would capture no backward graph
-            with torch.enable_grad():
+            with torch.enable_grad(), capture_stream(self.capture_streams[index]):
                 graphed = torch.cuda.make_graphed_callables(LayerSegment(layer, state, self.precision),
                                                             sample, allow_unused_input=True)
             self.graphed[index] = signature, graphed
@@ -124,6 +127,25 @@ class SegmentRunner:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         with autocast(x.device, self.precision):
             return layer(x, mask, state, True)
+
+
+@contextlib.contextmanager
+def capture_stream(stream: torch.cuda.Stream | None) -> Iterator[None]:
+    """CUDA graphs made meanwhile by `make_graphed_callables` are captured on `stream` (None: as usual).
+
+    It captures on `torch.cuda.graph`'s default side stream, one for the whole process, and cuBLAS keeps one
+    workspace per (handle, stream): every layer's graphs then bake in the same workspace address, and the
+    matmuls of two layers replayed at once on their own streams overwrite each other's workspace.
+    """
+    if stream is None:
+        yield
+        return
+    before = torch.cuda.graph.default_capture_stream
+    torch.cuda.graph.default_capture_stream = stream
+    try:
+        yield
+    finally:
+        torch.cuda.graph.default_capture_stream = before
 
 
 def handed_over(t: Tensor) -> Tensor:
@@ -169,18 +191,9 @@ def segment_backprop(model: TitansDNA, batch: LMBatch, precision: str = "fp32",
     if cuda_graphs is None:
         cuda_graphs = ids.is_cuda
     runner = runner or SegmentRunner(model, precision, cuda_graphs, compiled=compiled)
-    if runner.cuda_graphs:
-        # A graphed backward returns its parameter gradients in static buffers, and autograd adopts a
-        # gradient tensor as .grad when .grad is unset: the next replay would overwrite it. Set, it is added
-        # to.
-        for p in model.parameters():
-            if p.requires_grad and p.grad is None:
-                p.grad = torch.zeros_like(p)
     C = model.config.segment_len
     spans = [(start, min(start + C, ids.shape[1])) for start in range(0, ids.shape[1], C)]
-    # several sequences run the waves on one stream: on streams they raced (SegmentRunner)
-    streams = runner.streams if ids.shape[0] == 1 else None
-    waves = Wavefront(streams, len(model.layers), len(spans))
+    waves = Wavefront(runner.streams, len(model.layers), len(spans))
     with _without_checkpointing(model):
         x, inputs, states = _forward(model, runner, waves, ids, spans)
         grad_embedding = torch.zeros_like(x)
@@ -217,6 +230,7 @@ def _backward(model: TitansDNA, runner: SegmentRunner, waves: Wavefront, batch: 
     """Step 2, from the top layer and the last segment: parameter gradients accumulate, the embedding's
     input gradient goes into grad_embedding [B, T, d]; returns the loss."""
     L = len(model.layers)
+    params = [step_parameters(model, index) for index in range(L)]
     weight_sum = batch.weights.sum().clamp_min(1e-8)
     grad_x: dict[tuple[int, int], Tensor] = {}  # (layer, segment) -> gradient of its input
     grad_state: list[list[Tensor | None] | None] = [None] * L
@@ -241,15 +255,44 @@ def _backward(model: TitansDNA, runner: SegmentRunner, waves: Wavefront, batch: 
                         if grad is not None and leaf.requires_grad:
                             roots.append(leaf)
                             grads.append(grad)
-                torch.autograd.backward(roots, grads)
+                leaves = [] if state is None else carried_leaves(state)
+                found = torch.autograd.grad(roots, [x, *leaves, *params[index]], grads, allow_unused=True)
+                accumulate(params[index], found[1 + len(leaves):])
                 # Copies: a graphed backward leaves these in its static buffers, and the layer's next
                 # forward replay (segment s - 1, before they are used) may reuse that memory.
-                grad_x[index, s] = x.grad.clone()
+                grad_x[index, s] = found[0].clone()
                 grad_state[index] = None if state is None else [
-                    None if t.grad is None else t.grad.clone() for t in carried_leaves(state)]
+                    None if g is None else g.clone() for g in found[1:1 + len(leaves)]]
                 if index == 0:
                     grad_embedding[:, start:stop] = grad_x.pop((0, s))
     return loss
+
+
+def step_parameters(model: TitansDNA, index: int) -> list[Tensor]:
+    """The trainable parameters that a backward step of layer `index` reaches: the layer's, and for the top
+    layer also the head's (final norm, LM head or the tied embedding)."""
+    found = [p for p in model.layers[index].parameters() if p.requires_grad]
+    if index == len(model.layers) - 1:
+        found += [p for name, p in model.named_parameters()
+                  if p.requires_grad and not name.startswith("layers.")]
+    return found
+
+
+def accumulate(params: list[Tensor], grads: tuple[Tensor | None, ...]) -> None:
+    """p.grad += g on the current stream, the step's own.
+
+    Not left to autograd's AccumulateGrad nodes: one adopts the incoming tensor as .grad when .grad is unset,
+    and a graphed backward returns its gradients in static buffers that the layer's next replay overwrites;
+    and nodes kept alive with the graphs run on the stream they were made on, not the step's (PyTorch warns
+    of the mismatch).
+    """
+    for p, g in zip(params, grads, strict=True):
+        if g is None:
+            continue
+        if p.grad is None:
+            p.grad = g.clone()
+        else:
+            p.grad.add_(g)
 
 
 def segment_loss(model: TitansDNA, out: Tensor, batch: LMBatch, start: int, stop: int,

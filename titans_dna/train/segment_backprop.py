@@ -16,8 +16,9 @@ Step 2 is the backward of segment checkpointing, in an explicit order. On CUDA e
 (from a state of the same shapes) is captured once by `torch.cuda.make_graphed_callables` and replayed for
 both passes; the first segment (no state yet), a partial last segment and CPU runs go eagerly. Optionally the
 layers of the full segments run through torch.compile (`SegmentRunner`, compiled), graphed or not. Both passes
-run as a wavefront (`Wavefront`): the steps of one wave do not depend on each other, and with CUDA graphs
-each layer runs on its own stream, so the small kernels of up to n_layers layer-segments share the card.
+run as a wavefront (`Wavefront`): the steps of one wave do not depend on each other; optionally, with CUDA
+graphs, each layer runs on its own stream, so the small kernels of up to n_layers layer-segments share the
+card (off by default, see `SegmentRunner`).
 Memory: the saved inputs and states, O(n_layers x T x d_model) plus one memory state per layer-segment.
 """
 
@@ -77,11 +78,13 @@ class LayerSegment(nn.Module):
 
 class SegmentRunner:
     """Runs each layer on a segment: eagerly, or (CUDA, full segment, captured state shapes) through the
-    layer's graphed `LayerSegment`, captured on its first such call. With graphs and `wavefront` (the
-    default), each layer also gets its own CUDA stream (`streams`), on which `segment_backprop` runs that
-    layer's steps, and its own capture stream (`capture_stream`: graphs captured on a shared one raced on
-    their common cuBLAS workspace when replayed at once, BENCHMARKS.md). Either way the graphed steps equal
-    the eager ones bit for bit.
+    layer's graphed `LayerSegment`, captured on its first such call. With graphs and `wavefront`, each layer
+    also gets its own CUDA stream (`streams`), on which `segment_backprop` runs that layer's steps. Each graph
+    is captured on a stream of its own (`capture_stream`): captured on a shared one, graphs replayed at once
+    raced on their common cuBLAS workspace. With that fixed, graphed wavefront steps equal the eager ones bit
+    for bit (BENCHMARKS.md), but `wavefront` stays off by default: in a test process that had run one-stream
+    runners before, the first wavefront runner's capture failed (CUBLAS_STATUS_INTERNAL_ERROR), cause not
+    found. On one stream the graphed steps equal the eager ones bit for bit.
 
     With `compiled`, full segments from a state (the repeated step, graphed or not) run the layer through
     torch.compile (`compiled_layers`, with `compile_backend`): inductor fuses the small elementwise kernels
@@ -89,16 +92,13 @@ class SegmentRunner:
     stay eager: each would be another static-shape graph to compile for one call per step.
     """
 
-    def __init__(self, model: TitansDNA, precision: str, cuda_graphs: bool, wavefront: bool = True,
+    def __init__(self, model: TitansDNA, precision: str, cuda_graphs: bool, wavefront: bool = False,
                  compiled: bool = False, compile_backend: str | Callable = "inductor") -> None:
         self.model, self.precision, self.cuda_graphs = model, precision, cuda_graphs
-        self.graphed: dict[int, tuple[object, nn.Module]] = {}  # layer -> (state signature, graphed callable)
+        # layer -> (state signature, graphed callable, the stream it was captured on)
+        self.graphed: dict[int, tuple[object, nn.Module, torch.cuda.Stream]] = {}
         self.streams = ([torch.cuda.Stream(model.device) for _ in model.layers]
                         if wavefront and cuda_graphs and model.device.type == "cuda" else None)
-        # one capture stream per layer, so that graphs replayed at once on the layers' streams do not share
-        # a cuBLAS workspace (`capture_stream`)
-        self.capture_streams = ([torch.cuda.Stream(model.device) for _ in model.layers]
-                                if self.streams else [None] * len(model.layers))
         self.layers = compiled_layers(model, compile_backend) if compiled else list(model.layers)
 
     def __call__(self, index: int, x: Tensor, state: BlockState | None) -> tuple[Tensor, BlockState]:
@@ -116,10 +116,11 @@ class SegmentRunner:
                       *(t.detach().clone().requires_grad_() for t in leaves))
             # the first capture comes in the forward pass, under no_grad: a graph captured there would
             # save nothing for a backward, and make_graphed_callables would capture no backward graph
-            with torch.enable_grad(), capture_stream(self.capture_streams[index]):
+            stream = torch.cuda.Stream(x.device)
+            with torch.enable_grad(), capture_stream(stream):
                 graphed = torch.cuda.make_graphed_callables(LayerSegment(layer, state, self.precision),
                                                             sample, allow_unused_input=True)
-            self.graphed[index] = signature, graphed
+            self.graphed[index] = signature, graphed, stream
         outs = self.graphed[index][1](x, *leaves)
         return outs[0], with_leaves(state, outs[1:])
 
@@ -130,16 +131,15 @@ class SegmentRunner:
 
 
 @contextlib.contextmanager
-def capture_stream(stream: torch.cuda.Stream | None) -> Iterator[None]:
-    """CUDA graphs made meanwhile by `make_graphed_callables` are captured on `stream` (None: as usual).
+def capture_stream(stream: torch.cuda.Stream) -> Iterator[None]:
+    """CUDA graphs made meanwhile by `make_graphed_callables` are captured on `stream`.
 
-    It captures on `torch.cuda.graph`'s default side stream, one for the whole process, and cuBLAS keeps one
-    workspace per (handle, stream): every layer's graphs then bake in the same workspace address, and the
-    matmuls of two layers replayed at once on their own streams overwrite each other's workspace.
+    It captures on `torch.cuda.graph`'s default side stream, one for the whole process, and PyTorch keeps one
+    cuBLAS workspace per (handle, stream): every layer's graphs then bake in the same workspace address. The
+    matmuls of two layers replayed at once on their own streams overwrite each other's workspace (wrong
+    gradients, BENCHMARKS.md), and destroying one graph frees the workspace that the others still use
+    (pytorch/pytorch#193402). A stream of its own per capture avoids both.
     """
-    if stream is None:
-        yield
-        return
     before = torch.cuda.graph.default_capture_stream
     torch.cuda.graph.default_capture_stream = stream
     try:

@@ -151,7 +151,8 @@ def _resident_programs(device: torch.device) -> int:
 
 
 def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tuning: dict) -> int:
-    """P, the programs per chain of a split launch, or 0 for the persistent kernel.
+    """P, the programs per chain of a split launch (forward, and the backward unless tuning "split_bwd" is 0),
+    or 0 for the persistent kernel.
 
     Depth 2 only (a matrix memory's rows are independent: no sharing to split). P = hidden / BE for the
     tile BE = 32, else 64 (tuning "split_be" fixes it), whose B * H * P programs fit one per SM, with

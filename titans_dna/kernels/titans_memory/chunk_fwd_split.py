@@ -178,7 +178,8 @@ def register_cap(cfg: dict) -> dict:
     """Launch options that let ptxas use all 255 registers per thread (tuning "split_maxnreg", 0 for
     ptxas' own choice). Left to choose, ptxas 12.9 built some of these kernels with 32 registers and 5-12
     KiB of spills per thread (the forward with P = 8 at 4 warps, the backward at most shapes), where it
-    gives the same PTX 255 registers and 1.5-4 KiB with the cap stated (sm_90a, Triton 3.9 PTX)."""
+    gives the same PTX 255 registers and 1.5-6 KiB with the cap stated (sm_90a, Triton 3.9 PTX); on an H200
+    the cap took fwd+bwd at 4 x 32k from 110 to 79 ms (BENCHMARKS.md)."""
     cap = cfg.get("split_maxnreg", 255)
     return {"maxnreg": cap} if cap and not interpreting() else {}
 

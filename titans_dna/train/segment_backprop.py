@@ -95,8 +95,7 @@ class SegmentRunner:
     def __init__(self, model: TitansDNA, precision: str, cuda_graphs: bool, wavefront: bool = False,
                  compiled: bool = False, compile_backend: str | Callable = "inductor") -> None:
         self.model, self.precision, self.cuda_graphs = model, precision, cuda_graphs
-        # layer -> (state signature, graphed callable, the stream it was captured on)
-        self.graphed: dict[int, tuple[object, nn.Module, torch.cuda.Stream]] = {}
+        self.graphed: dict[int, tuple[object, nn.Module]] = {}  # layer -> (state signature, graphed callable)
         self.streams = ([torch.cuda.Stream(model.device) for _ in model.layers]
                         if wavefront and cuda_graphs and model.device.type == "cuda" else None)
         self.layers = compiled_layers(model, compile_backend) if compiled else list(model.layers)
@@ -116,11 +115,10 @@ class SegmentRunner:
                       *(t.detach().clone().requires_grad_() for t in leaves))
             # the first capture comes in the forward pass, under no_grad: a graph captured there would
             # save nothing for a backward, and make_graphed_callables would capture no backward graph
-            stream = torch.cuda.Stream(x.device)
-            with torch.enable_grad(), capture_stream(stream):
+            with torch.enable_grad(), capture_stream(torch.cuda.Stream(x.device)):
                 graphed = torch.cuda.make_graphed_callables(LayerSegment(layer, state, self.precision),
                                                             sample, allow_unused_input=True)
-            self.graphed[index] = signature, graphed, stream
+            self.graphed[index] = signature, graphed
         outs = self.graphed[index][1](x, *leaves)
         return outs[0], with_leaves(state, outs[1:])
 

@@ -43,7 +43,8 @@ from titans_dna.train.segment_backprop import SegmentRunner, segment_backprop
 
 GiB = 2**30
 SCOPES = ("memory_op", "attention", "mlp")
-# segment_backprop: layers on their own CUDA streams (batch 1), that through torch.compile, or one stream
+# segment_backprop: layers on their own CUDA streams (batch 1), that through torch.compile, or one stream;
+# "<mode>:K" steps each layer over K segments at once (segments_per_step)
 SEGMENT_MODES = ("wavefront", "compiled", "serial")
 
 
@@ -57,11 +58,18 @@ class Trainer:
         self.model = TitansDNA(config).to(device).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95))
         self.bf16 = device.type == "cuda"
-        precision = "bf16" if self.bf16 else "fp32"
-        # one runner per mode: each keeps its captured graphs
-        self.runners = {mode: SegmentRunner(self.model, precision, cuda_graphs=self.bf16,
-                                            wavefront=mode != "serial", compiled=mode == "compiled")
-                        for mode in SEGMENT_MODES}
+        self.runners: dict[str, SegmentRunner] = {}  # one per mode, made on first use: each keeps its graphs
+
+    def runner(self, mode: str) -> SegmentRunner:
+        """The `segment_backprop` runner of a mode, "<SEGMENT_MODES entry>[:segments per step]"."""
+        if mode not in self.runners:
+            kind, _, per_step = mode.partition(":")
+            if kind not in SEGMENT_MODES:
+                raise ValueError(f"unknown segment mode {mode!r}; expected one of {SEGMENT_MODES}[:K]")
+            self.runners[mode] = SegmentRunner(
+                self.model, "bf16" if self.bf16 else "fp32", cuda_graphs=self.bf16,
+                wavefront=kind != "serial", compiled=kind == "compiled", segments_per_step=int(per_step or 1))
+        return self.runners[mode]
 
     def step(self, batch: int, length: int, micro: int, by_segment: str | None = None) -> float:
         """Seconds of one step of `batch` sequences of `length` tokens, `micro` sequences per forward
@@ -72,7 +80,7 @@ class Trainer:
         start = time.perf_counter()
         for lo in range(0, batch, micro):
             if by_segment:
-                runner = self.runners[by_segment]
+                runner = self.runner(by_segment)
                 segment_backprop(self.model, causal_batch(ids[lo:lo + micro]), runner.precision,
                                  runner=runner, scale=micro / batch)
                 continue
@@ -99,7 +107,9 @@ def measure(trainer: Trainer, length: int, tokens: int, target_s: float, max_ste
     and autotunes everything this length needs, and captures the layer-segment graphs), then timed steps until
     target_s or max_steps; the micro-batch halves on OOM."""
     device, batch = trainer.device, max(1, tokens // length)
-    warm_length = min(length, 4 * trainer.model.config.segment_len)
+    # two full steps at least: the first (no state yet) runs eagerly, the next ones capture their graphs
+    step_len = trainer.runner(by_segment).step_len if by_segment else 0
+    warm_length = min(length, max(4 * trainer.model.config.segment_len, 3 * step_len))
     micro = batch
     record = {"length": length, "batch": batch, "tokens_per_step": batch * length,
               "method": f"segment_backprop ({by_segment})" if by_segment else "autograd"}
@@ -230,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--by-segment-from", type=int, default=65536,
                    help="lengths from this one on train through segment_backprop (0: none)")
     p.add_argument("--segment-modes", default="wavefront",
-                   help=f"comma list of {','.join(SEGMENT_MODES)}: how segment_backprop lengths run")
+                   help=f"comma list of {','.join(SEGMENT_MODES)}, each optionally ':K' (segments per layer "
+                        "step): how segment_backprop lengths run")
     p.add_argument("--ratio-ref", type=int, default=8192, help="the length the longest one is compared with")
     p.add_argument("--target-s", type=float, default=15.0, help="seconds of timed steps per length")
     p.add_argument("--max-steps", type=int, default=5, help="most timed steps per length")

@@ -163,8 +163,9 @@ def test_warm_start_continues_from_a_checkpoint_with_new_settings(tmp_path, data
 
 
 def test_segment_backprop_trains_as_autograd_does(tmp_path, data_dir, seed, monkeypatch):
-    """train.segment_backprop=true (layer-segment by layer-segment), and with train.compile=true (the
-    layer-segments through torch.compile; aot_eager here, as inductor needs a C compiler), follow the default
+    """train.segment_backprop=true (layer-segment by layer-segment), with train.segments_per_step=2, and with
+    train.compile=true (the layer-segments through torch.compile; aot_eager here, as inductor needs a C
+    compiler), follow the default
     path's losses over 3 steps: the same loss and gradients, so the same updates. train.compile=true without
     segment_backprop is refused."""
     common = [*MICRO, f"seed={seed}", "train.max_steps=3", "train.val_every=3", "train.checkpoint_every=3",
@@ -178,7 +179,8 @@ def test_segment_backprop_trains_as_autograd_does(tmp_path, data_dir, seed, monk
     monkeypatch.setattr(pretrain_module, "segment_backprop", counted)
     monkeypatch.setattr(segment_backprop_module, "compiled_layers",
                         lambda model, backend: compiled_layers(model, backend="aot_eager"))
-    runs = {"autograd": [], "segments": ["train.segment_backprop=true"],
+    runs = {"autograd": [], "segments": ["train.segment_backprop=true", "train.segments_per_step=1"],
+            "two per step": ["train.segment_backprop=true", "train.segments_per_step=2"],
             "compiled": ["train.segment_backprop=true", "train.compile=true"]}
     losses = []
     for name, overrides in runs.items():
@@ -187,6 +189,6 @@ def test_segment_backprop_trains_as_autograd_does(tmp_path, data_dir, seed, monk
     assert len(losses[0]) == 4  # 3 train rows and a validation row
     for other in losses[1:]:
         assert other == pytest.approx(losses[0], rel=1e-4)
-    assert calls == [(2, 128)] * 12  # twice 3 steps of 2 micro-batches of 2 windows, none padded
+    assert calls == [(2, 128)] * 18  # three times 3 steps of 2 micro-batches of 2 windows, none padded
     with pytest.raises(ValueError, match="train.compile=true compiles the layer-segments"):
         pretrain(compose_config([*common, f"run_dir={tmp_path / 'refused'}", "train.compile=true"]))

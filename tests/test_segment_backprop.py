@@ -61,6 +61,19 @@ def test_segment_backprop_equals_autograd(block, causal, seed):
     assert_equals_autograd(model, batch)
 
 
+@pytest.mark.parametrize("segments_per_step", [2, 3])
+def test_steps_of_several_segments_equal_autograd(segments_per_step, seed):
+    """One step of a layer covers 2 or 3 segments (the layer carries its state through them): 7.3 segments
+    in steps of 2 (the last of 1.3) or of 3 (the last of 1.3), every parameter gradient as autograd's."""
+    model = small_model(torch.float64, "mac")
+    assert_equals_autograd(model, causal_batch(dna_ids(117, seed)), segments_per_step=segments_per_step)
+
+
+def test_runner_rejects_an_empty_step():
+    with pytest.raises(ValueError, match="segments_per_step"):
+        SegmentRunner(small_model(torch.float64), "fp32", cuda_graphs=False, segments_per_step=0)
+
+
 def test_compiled_layer_segments_equal_autograd(seed):
     """The two full segments' layers through torch.compile (fullgraph; aot_eager: the graphs inductor
     would get, without its code generation), the first and the partial last eager: autograd's loss and
@@ -112,24 +125,20 @@ def test_a_batch_of_sequences_equals_autograd(seed):
         assert relative_error(0.5 * grad, model.get_parameter(name).grad) < 1e-10, name
 
 
-# The first wavefront runner of this file's GPU run failed to capture (CUBLAS_STATUS_INTERNAL_ERROR in a
-# float32 matmul, H200, seeds 22, 44, 1112649035) after the one-stream cases; alone (scratch runs): exact.
-WAVEFRONT_CAPTURE = pytest.mark.xfail(reason="capture fails after one-stream runners (SegmentRunner)",
-                                      strict=False)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("block, precision, compiled, wavefront", [
-    ("mac", "fp32", False, False), ("mac", "bf16", False, False), ("mal", "fp32", False, False),
-    ("mac", "fp32", True, False), ("mac", "bf16", True, False), ("mal", "fp32", True, False),
-    pytest.param("mac", "fp32", False, True, marks=WAVEFRONT_CAPTURE), ("mac", "bf16", False, True),
-    ("mac", "fp32", True, True)])
-def test_graphed_layer_segments_equal_eager(block, precision, compiled, wavefront, seed):
+@pytest.mark.parametrize("block, precision, compiled, wavefront, segments", [
+    ("mac", "fp32", False, False, 1), ("mac", "bf16", False, False, 1), ("mal", "fp32", False, False, 1),
+    ("mac", "fp32", True, False, 1), ("mac", "bf16", True, False, 1), ("mal", "fp32", True, False, 1),
+    ("mac", "fp32", False, True, 1), ("mac", "bf16", False, True, 1), ("mac", "fp32", True, True, 1),
+    ("mac", "fp32", False, False, 2), ("mac", "bf16", False, True, 2), ("mal", "fp32", True, True, 3)])
+def test_graphed_layer_segments_equal_eager(block, precision, compiled, wavefront, segments, seed):
     """On a GPU (Triton memory path): two steps through the graphed layer-segments (captured in the first,
     captured again for the second's batch of two; `compiled`: the layers through inductor inside the graphs;
-    `wavefront`: each layer on its own stream) give the eager steps' loss and gradients."""
+    `wavefront`: each layer on its own stream; `segments` per layer step) give the eager steps' loss and
+    gradients. The cases run in one process, so each runner captures after the previous runners' graphs."""
     model = small_model(torch.float32, block).cuda()
-    runner = SegmentRunner(model, precision, cuda_graphs=True, wavefront=wavefront, compiled=compiled)
+    runner = SegmentRunner(model, precision, cuda_graphs=True, wavefront=wavefront, compiled=compiled,
+                           segments_per_step=segments)
     # Inductor rounds bf16 differently from eager autocast (a fused chain keeps its intermediates in float32):
     # on an H100 the compiled and the eager bf16 gradients each lay 4-6 % from the float32 ones at their
     # worst, and 2.5-6 % from each other.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -28,6 +29,36 @@ from titans_dna.train.classifiers import autocast
 
 RECOMPILE_LIMIT = 64  # compiled layer graphs per process (one per model config, device and precision)
 WARMUP_RUNS = 2  # on a side stream before capture (the CUDA graphs recipe): lazy initialisation stays out
+
+
+@contextlib.contextmanager
+def isolated_capture(device: torch.device) -> Iterator[None]:
+    """Around CUDA graph captures: Python's automatic garbage collection is paused, and PyTorch's cached
+    cuBLAS workspaces (one per handle and stream) are dropped before and after.
+
+    Garbage collection: `torch.cuda.graph` collects before it begins a capture, but a collection that starts
+    during one can free CUDA objects that only a reference cycle kept (a graphed callable replaced by a
+    recapture holds two graphs), and that call invalidates the capture. On an H200 the first wavefront
+    runner of the graphed test run failed its capture so in 3 runs of 3; with collection paused, it passed.
+
+    Workspaces: the captured matmuls then use workspaces allocated during the capture, in the graph's
+    private pool, which lives as long as the graph. Otherwise a graph bakes in the address of a workspace
+    cached earlier by eager work on the capture stream: freed when any graph captured on a stream of that
+    address is reset (pytorch/pytorch#193402; torch's streams come from a pool and recur), and meanwhile
+    shared with eager matmuls. Likewise eager work after the capture would inherit the graph's workspace.
+    Inductor's CUDA graph trees clear the cache so too.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    torch.cuda.synchronize(device)  # no queued kernel still uses a workspace about to be freed
+    torch._C._cuda_clearCublasWorkspaces()
+    try:
+        yield
+    finally:
+        torch.cuda.synchronize(device)
+        torch._C._cuda_clearCublasWorkspaces()
+        if collecting:
+            gc.enable()
 
 
 def step(model: TitansDNA, ids: Tensor, state: ModelState | None) -> TitansOutput:
@@ -263,7 +294,7 @@ class GraphedPieces:
         if _signature(out.state) != _signature(static_state):
             raise RuntimeError("a full piece changed the state's structure, which graph_ready ruled out")
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with isolated_capture(ids.device), torch.cuda.graph(graph):
             out = self._step(static_ids, static_state)
             _load(static_state, out.state)
         self._graph, self._ids = graph, static_ids

@@ -99,7 +99,8 @@ def pretrain(cfg: DictConfig) -> dict:
         raise ValueError("train.compile=true compiles the layer-segments of train.segment_backprop=true; "
                          "the whole-model step does not compile")
     model = wrap_model(model.to(info.device), tc.strategy, info)
-    segments = (SegmentRunner(model, tc.precision, cuda_graphs=info.device.type == "cuda", compiled=compiled)
+    segments = (SegmentRunner(model, tc.precision, cuda_graphs=info.device.type == "cuda", compiled=compiled,
+                              segments_per_step=int(tc.get("segments_per_step", 1)))
                 if by_segment else None)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [

@@ -6,7 +6,8 @@ from Python, and the GPU idles (BENCHMARKS.md: busy 10 % of a 4k step). `segment
 loss and parameter gradients in an order whose repeated unit is one function of tensors, which a CUDA graph
 replays:
 
-1. Forward without autograd, keeping each layer's input and stream state at every segment start.
+1. Forward without autograd, keeping each layer's input and stream state at every segment start (every step
+   start, below).
 2. For s = last .. first and l = top .. bottom: run layer l on segment s again with autograd, from its saved
    input and state, and backpropagate the gradient of its output (from layer l + 1 on segment s, or the loss
    on segment s) and of its end state (from layer l on segment s + 1). What comes back is the gradient of its
@@ -18,8 +19,12 @@ both passes; the first segment (no state yet), a partial last segment and CPU ru
 layers of the full segments run through torch.compile (`SegmentRunner`, compiled), graphed or not. Both passes
 run as a wavefront (`Wavefront`): the steps of one wave do not depend on each other; optionally, with CUDA
 graphs, each layer runs on its own stream, so the small kernels of up to n_layers layer-segments share the
-card (off by default, see `SegmentRunner`).
-Memory: the saved inputs and states, O(n_layers x T x d_model) plus one memory state per layer-segment.
+card (`SegmentRunner`).
+A step may cover several consecutive segments of a layer (`segments_per_step`, K; the layer carries its
+state through them as in the whole forward): the repeated unit is then one layer on K segments, so the host's
+work per step (Python, the graph's launch, input copies, gradient accumulation) is paid once per K segments,
+at the cost of K segments' activations in flight per layer.
+Memory: the saved inputs and states, O(n_layers x T x d_model) plus one memory state per layer-step.
 """
 
 from __future__ import annotations
@@ -31,12 +36,18 @@ import torch
 from torch import Tensor, nn
 
 from titans_dna.model.blocks import BlockState
-from titans_dna.model.graphed import Wavefront, _map_tensors, _signature, compiled_layers
+from titans_dna.model.graphed import (
+    Wavefront,
+    _map_tensors,
+    _signature,
+    compiled_layers,
+    isolated_capture,
+)
 from titans_dna.model.titans_dna import TitansDNA, TitansLayer
 from titans_dna.train.classifiers import autocast
 from titans_dna.train.objectives import LMBatch, weighted_ce_sum
 
-Span = tuple[int, int]  # [start, stop) of a segment in the sequence
+Span = tuple[int, int]  # [start, stop) of a step (one or more segments) in the sequence
 
 
 def _carried(t: Tensor) -> bool:
@@ -77,14 +88,14 @@ class LayerSegment(nn.Module):
 
 
 class SegmentRunner:
-    """Runs each layer on a segment: eagerly, or (CUDA, full segment, captured state shapes) through the
-    layer's graphed `LayerSegment`, captured on its first such call. With graphs and `wavefront`, each layer
-    also gets its own CUDA stream (`streams`), on which `segment_backprop` runs that layer's steps. Each graph
+    """Runs each layer on a step of `segments_per_step` segments: eagerly, or (CUDA, full step, captured
+    state shapes) through the layer's graphed `LayerSegment`, captured on its first such call. With graphs
+    and `wavefront` (the default), each layer also gets its own CUDA stream (`streams`), on which
+    `segment_backprop` runs that layer's steps, so up to n_layers graph replays share the card. Each graph
     is captured on a stream of its own (`capture_stream`): captured on a shared one, graphs replayed at once
-    raced on their common cuBLAS workspace. With that fixed, graphed wavefront steps equal the eager ones bit
-    for bit (BENCHMARKS.md), but `wavefront` stays off by default: in a test process that had run one-stream
-    runners before, the first wavefront runner's capture failed (CUBLAS_STATUS_INTERNAL_ERROR), cause not
-    found. On one stream the graphed steps equal the eager ones bit for bit.
+    raced on their common cuBLAS workspace. Captures run under `isolated_capture` (no garbage collection,
+    fresh cuBLAS workspaces). Graphed steps, on one stream or as a wavefront, equal the eager ones bit for
+    bit (BENCHMARKS.md).
 
     With `compiled`, full segments from a state (the repeated step, graphed or not) run the layer through
     torch.compile (`compiled_layers`, with `compile_backend`): inductor fuses the small elementwise kernels
@@ -92,9 +103,13 @@ class SegmentRunner:
     stay eager: each would be another static-shape graph to compile for one call per step.
     """
 
-    def __init__(self, model: TitansDNA, precision: str, cuda_graphs: bool, wavefront: bool = False,
-                 compiled: bool = False, compile_backend: str | Callable = "inductor") -> None:
+    def __init__(self, model: TitansDNA, precision: str, cuda_graphs: bool, wavefront: bool = True,
+                 compiled: bool = False, compile_backend: str | Callable = "inductor",
+                 segments_per_step: int = 1) -> None:
+        if segments_per_step < 1:
+            raise ValueError(f"segments_per_step must be >= 1; got {segments_per_step}")
         self.model, self.precision, self.cuda_graphs = model, precision, cuda_graphs
+        self.step_len = segments_per_step * model.config.segment_len
         self.graphed: dict[int, tuple[object, nn.Module]] = {}  # layer -> (state signature, graphed callable)
         self.streams = ([torch.cuda.Stream(model.device) for _ in model.layers]
                         if wavefront and cuda_graphs and model.device.type == "cuda" else None)
@@ -104,7 +119,7 @@ class SegmentRunner:
         """(out, end state) of layer `index` on segment x [B, t, d] from `state` (None: stream start). With
         grad enabled the result is differentiable in x and the carried leaves of `state`."""
         layer = self.layers[index]
-        if state is None or x.shape[1] != self.model.config.segment_len:
+        if state is None or x.shape[1] != self.step_len:
             return self._eager(self.model.layers[index], x, state)
         if not (self.cuda_graphs and x.is_cuda):
             return self._eager(layer, x, state)
@@ -115,7 +130,8 @@ class SegmentRunner:
                       *(t.detach().clone().requires_grad_() for t in leaves))
             # the first capture comes in the forward pass, under no_grad: a graph captured there would
             # save nothing for a backward, and make_graphed_callables would capture no backward graph
-            with torch.enable_grad(), capture_stream(torch.cuda.Stream(x.device)):
+            with (torch.enable_grad(), capture_stream(torch.cuda.Stream(x.device)),
+                  isolated_capture(x.device)):
                 graphed = torch.cuda.make_graphed_callables(LayerSegment(layer, state, self.precision),
                                                             sample, allow_unused_input=True)
             self.graphed[index] = signature, graphed
@@ -170,7 +186,7 @@ def _without_checkpointing(model: TitansDNA) -> Iterator[None]:
 
 def segment_backprop(model: TitansDNA, batch: LMBatch, precision: str = "fp32",
                      cuda_graphs: bool | None = None, runner: SegmentRunner | None = None,
-                     scale: float = 1.0, compiled: bool = False) -> Tensor:
+                     scale: float = 1.0, compiled: bool = False, segments_per_step: int = 1) -> Tensor:
     """Accumulate into the parameters' .grad the gradient of `scale` times the weighted LM loss of a batch
     and return that loss (a 0-dim tensor, detached, unscaled): the loss
     `weighted_lm_loss(model(batch.inputs).logits, batch)` and its backward, segment by segment (module
@@ -186,13 +202,16 @@ def segment_backprop(model: TitansDNA, batch: LMBatch, precision: str = "fp32",
             one from `cuda_graphs` and `compiled`.
         scale: the gradient's factor (1 / micro-batches per step when accumulating).
         compiled: full layer-segments run through torch.compile with inductor (`SegmentRunner`).
+        segments_per_step: consecutive segments that one step of a layer covers (`SegmentRunner`); with
+            `runner` given, the runner's.
     """
     ids = batch.inputs
     if cuda_graphs is None:
         cuda_graphs = ids.is_cuda
-    runner = runner or SegmentRunner(model, precision, cuda_graphs, compiled=compiled)
-    C = model.config.segment_len
-    spans = [(start, min(start + C, ids.shape[1])) for start in range(0, ids.shape[1], C)]
+    runner = runner or SegmentRunner(model, precision, cuda_graphs, compiled=compiled,
+                                     segments_per_step=segments_per_step)
+    step = runner.step_len
+    spans = [(start, min(start + step, ids.shape[1])) for start in range(0, ids.shape[1], step)]
     waves = Wavefront(runner.streams, len(model.layers), len(spans))
     with _without_checkpointing(model):
         x, inputs, states = _forward(model, runner, waves, ids, spans)

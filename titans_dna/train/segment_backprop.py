@@ -152,9 +152,9 @@ def capture_stream(stream: torch.cuda.Stream) -> Iterator[None]:
     cuBLAS workspace per (handle, stream): every layer's graphs then bake in the same workspace address. The
     matmuls of two layers replayed at once on their own streams overwrite each other's workspace (wrong
     gradients, BENCHMARKS.md), and destroying one graph frees the workspace that the others still use
-    (pytorch/pytorch#193402). A stream of its own per capture avoids the first; `isolated_capture`, which
-    drops the workspace cache around every capture, avoids both on its own (each graph then allocates its
-    workspace in its private pool). Both stay: the GPU checks in BENCHMARKS.md ran with both.
+    (pytorch/pytorch#193402). A stream of its own per capture avoids the first. `isolated_capture` drops the
+    workspace cache around every capture as well, yet it does not replace this: with it alone the wavefront
+    stayed exact, but the GPU test run aborted in a graphed backward (H200, BENCHMARKS.md).
     """
     before = torch.cuda.graph.default_capture_stream
     torch.cuda.graph.default_capture_stream = stream

@@ -70,7 +70,7 @@ def with_leaves(template: BlockState, leaves: tuple[Tensor, ...] | list[Tensor])
 
 
 class LayerSegment(nn.Module):
-    """One layer on one full segment from an explicit state, as a function of tensors:
+    """One layer on one full step (one or more segments) from an explicit state, as a function of tensors:
     (x [B, C, d], *carried start-state leaves) -> (out [B, C, d], *carried end-state leaves).
 
     `layer` is a TitansLayer or its torch.compile wrapper, a module over the same parameters: graphing
@@ -116,7 +116,7 @@ class SegmentRunner:
         self.layers = compiled_layers(model, compile_backend) if compiled else list(model.layers)
 
     def __call__(self, index: int, x: Tensor, state: BlockState | None) -> tuple[Tensor, BlockState]:
-        """(out, end state) of layer `index` on segment x [B, t, d] from `state` (None: stream start). With
+        """(out, end state) of layer `index` on a step x [B, t, d] from `state` (None: stream start). With
         grad enabled the result is differentiable in x and the carried leaves of `state`."""
         layer = self.layers[index]
         if state is None or x.shape[1] != self.step_len:

@@ -5,7 +5,8 @@ every 1 kbp, bf16 autocast), with Mbp/s and peak GPU memory per case (torch.cuda
 per case). --modes picks how full pieces run: eagerly ("eager"), replayed from a CUDA graph of the layers one
 after another ("graph"), or from a graph of the layers as a wavefront over segments, one CUDA stream per layer
 ("wavefront", what `embed --stream` uses), or that wavefront with the layers through torch.compile
-("compiled", `embed --stream --compile`; its warm-up includes compiling). Each length runs its modes in that
+("compiled", `embed --stream --compile`; its warm-up includes compiling); the last two run skewed pieces (the
+layers a segment apart across pieces, every wave full) unless --level. Each length runs its modes in that
 order; a graphed run reports its speedup and the relative errors of its total log-likelihood and region
 embedding against the eager run (bf16 tolerance 1e-2, fp32 1e-5). A graphed time includes capturing the graph.
 Targets: peak at 4.64 Mbp within 1.1x of the peak at 256 kbp; the whole genome in under 10 s.
@@ -113,7 +114,7 @@ def run_ours(args: argparse.Namespace, result: Path) -> None:
         run = RegionStream(model, genome, Interval(chrom, 0, length), stride=1000,
                            piece_segments=args.piece_segments, precision=precision,
                            cuda_graph=mode != "eager", wavefront=mode in ("wavefront", "compiled"),
-                           compiled=mode == "compiled")
+                           compiled=mode == "compiled", skewed=not args.level)
         for _ in run:  # each piece's outputs are on the CPU already: the file write is all that is left out
             pass
         sync(device)
@@ -309,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ours-cap-s", type=float, default=300, help="skip a length predicted to take longer")
     p.add_argument("--modes", default=None,
                    help=f"ours: comma list of {','.join(MODES)} (default: all on CUDA, eager on CPU)")
+    p.add_argument("--level", action="store_true",
+                   help="wavefront pieces start and end level (no skew: each fills and drains its waves)")
     p.add_argument("--peers", default=",".join(PEERS), help="comma list of peers ('' for none)")
     p.add_argument("--peer-start", type=int, default=262144, help="first peer length")
     p.add_argument("--peer-max", type=int, default=1 << 25, help="longest peer length tried")
@@ -344,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = ["ours", *[peer for peer in args.peers.split(",") if peer]]
     report = {"environment": environment(args.device), "results": [],
               "config": {k: getattr(args, k) for k in ("preset", "lengths", "piece_segments", "cap_s",
-                                                       "peer_start", "genome", "quick", "modes")}}
+                                                       "peer_start", "genome", "quick", "modes", "level")}}
     for worker in workers:
         with tempfile.TemporaryDirectory() as tmp:
             result = Path(tmp) / "result.jsonl"

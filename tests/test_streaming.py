@@ -25,11 +25,14 @@ from titans_dna.kernels.titans_memory.common import state_dtype
 from titans_dna.model import ModelState, TitansConfig, TitansDNA
 from titans_dna.model.blocks import BlockState, MACBlock, MAGBlock, MALBlock
 from titans_dna.model.graphed import (
+    SkewedState,
+    Wavefront,
     _leaves,
     _load,
     _map_tensors,
     _signature,
     autocast_linears,
+    can_skew,
     graph_ready,
     piece_layers,
     wavefront_step,
@@ -195,6 +198,62 @@ def test_sync_free_step_equals_forward(block, graphed, seed):
             model(ids)
 
 
+@pytest.mark.parametrize("pending, hold", [(False, True), (True, True), (True, False)],
+                         ids=["fill", "skewed", "drain"])
+def test_skewed_waves_keep_the_order_a_layer_needs(pending, hold):
+    """Layer l's segments run in order, each after layer l - 1's on it where that runs in the same pass; a
+    pass that both starts and ends skewed runs every layer in every wave (n waves of L steps)."""
+    L, n = 3, 5
+    steps = list(Wavefront(None, L, n).steps(reverse=False, pending=pending, hold=hold))
+    expected = [(layer, s) for layer in range(L)
+                for s in range(-layer if pending else 0, n - layer if hold else n)]
+    assert sorted(steps) == sorted(expected)
+    at = {step: i for i, step in enumerate(steps)}
+    for (layer, s), i in at.items():
+        for need in ((layer - 1, s), (layer, s - 1)):
+            if need in at:
+                assert at[need] < i, ((layer, s), need)
+    if pending and hold:
+        assert len(steps) == n * L and [layer for layer, _ in steps] == list(range(L)) * n
+    with pytest.raises(ValueError, match="forward"):
+        list(Wavefront(None, L, n).steps(reverse=True, pending=True))
+
+
+@pytest.mark.parametrize("block", ["mac", "mag", "mal", "lmm"])
+def test_skewed_pieces_equal_whole_sequence(block, seed):
+    """Skewed passes: a first piece that sets the skew up (from state=None), held pieces (layer l l segments
+    behind), then the drain (a shorter last piece, or no new tokens). The outputs, concatenated, equal the
+    whole sequence and the drained state the whole sequence's; the held states keep one signature (a graph
+    can carry them) and never make the host wait for the device."""
+    model = tiny_model(block=block)
+    C, L = model.config.segment_len, len(model.layers)
+    for tail in (0, 21):
+        ids = torch.randint(0, model.config.vocab_size, (1, 4 * 3 * C + tail))
+        with torch.no_grad():
+            whole = model(ids, return_state=True)
+            pieces = list(ids.split(3 * C, dim=1)) + ([] if tail else [ids[:, :0]])
+            state, hidden, signature = None, [], None
+            for i, piece in enumerate(pieces):
+                last = i == len(pieces) - 1
+                with NoSync():
+                    out = wavefront_step(model, piece, state, hold=not last)
+                if not last:
+                    assert isinstance(out.state, SkewedState) and len(out.state.pending) == L - 1
+                    if i:  # from the second piece on, what a graph replays
+                        signature = signature or _signature(out.state)
+                        assert _signature(out.state) == signature
+                    assert out.hidden_states.shape[1] == piece.shape[1] - (0 if i else (L - 1) * C)
+                state = out.state
+                hidden.append(out.hidden_states)
+        assert relative_error(whole.hidden_states, torch.cat(hidden, dim=1)) < 1e-10
+        assert not isinstance(state, SkewedState)
+        assert_states_close(state, whole.state)
+    with pytest.raises(ValueError, match="whole segments"):
+        wavefront_step(model, ids[:, :C + 1], None, hold=True)
+    with pytest.raises(ValueError, match="n_layers"):
+        wavefront_step(model, ids[:, :(L - 1) * C], None, hold=True)
+
+
 @pytest.mark.parametrize("backend", [None, "aot_eager"])
 def test_wavefront_casts_the_linears_once_per_piece(backend, seed):
     """Under bf16 autocast the wavefront gives every layer its nn.Linear parameters cast once per piece
@@ -250,11 +309,12 @@ class CpuGraph:
     state), `step` in place of a replay."""
 
     def __init__(self, model: TitansDNA, piece_len: int, precision: str, wavefront: bool,
-                 compiled: bool = False) -> None:
+                 compiled: bool = False, skewed: bool = True) -> None:
         self.model, self.out, self.runs = model, None, 0
+        self.skewed = skewed and (wavefront or compiled) and can_skew(model, piece_len)
         layers = piece_layers(model, "aot_eager") if compiled else None
-        self.step = (functools.partial(wavefront_step, layers=layers) if wavefront or compiled
-                     else graph_step)
+        wave = functools.partial(wavefront_step, layers=layers, hold=self.skewed)
+        self.step = wave if wavefront or compiled else graph_step
 
     @torch.no_grad()
     def run(self, ids: torch.Tensor, state):
@@ -271,23 +331,29 @@ class CpuGraph:
 
 
 @pytest.mark.parametrize("block", ["mac", "mal"])
-@pytest.mark.parametrize("mode", ["layers", "wavefront", "compiled"])
-def test_graphed_stream_equals_eager_stream(block, mode, monkeypatch, seed):
+@pytest.mark.parametrize("mode", ["layers", "level", "wavefront", "compiled"])
+@pytest.mark.parametrize("length", [300, 320], ids=["short-last", "full-last"])
+def test_graphed_stream_equals_eager_stream(block, mode, length, monkeypatch, seed):
     """RegionStream with the graph path (CpuGraph standing in for the CUDA graph; "compiled": the layers
-    traced by torch.compile, whole graphs, without inductor): 10 pieces of 32 tokens, the first and the
-    shorter last one eager, the same log-likelihoods, windows and embedding as eagerly."""
+    traced by torch.compile, whole graphs, without inductor): pieces of 32 tokens, the first eager, the
+    same log-likelihoods, windows and embedding as eagerly. "wavefront" and "compiled" run skewed ("level":
+    the wavefront not skewed): the outputs lag a segment, and the end drains them, after a shorter last piece
+    (eager) or a full one (a replay, then the drain on no new tokens)."""
     monkeypatch.setattr(streaming, "GraphedPieces", CpuGraph)
     model = tiny_model(block=block)
-    genome = Genome({"chrA": "".join(random.Random(seed).choice("ACGTN") for _ in range(300))})
-    region = Interval("chrA", 0, 300)
+    genome = Genome({"chrA": "".join(random.Random(seed).choice("ACGTN") for _ in range(length))})
+    region = Interval("chrA", 0, length)
     streams = [RegionStream(model, genome, region, stride=37, piece_segments=2, cuda_graph=graph,
-                            wavefront=mode == "wavefront", compiled=mode == "compiled")
+                            wavefront=mode in ("level", "wavefront"), compiled=mode == "compiled",
+                            skewed=mode != "level")
                for graph in (False, True)]
     eager, graphed = (list(stream) for stream in streams)
-    assert streams[1].graphed.runs == 8
+    assert streams[1].graphed.runs == length // 32 - 1
+    assert streams[1].graphed.skewed == (mode in ("wavefront", "compiled"))
     for key in ("loglik", "windows"):
         torch.testing.assert_close(torch.cat([getattr(p, key) for p in graphed]),
                                    torch.cat([getattr(p, key) for p in eager]), equal_nan=True, **EXACT)
+    assert torch.equal(torch.cat([p.window_starts for p in graphed]), torch.arange(0, length, 37))
     torch.testing.assert_close(streams[1].embedding, streams[0].embedding, **EXACT)
     assert streams[1].log_likelihood == pytest.approx(streams[0].log_likelihood, rel=1e-12)
 

@@ -79,15 +79,22 @@ class Wavefront:
         self.streams, self.n_layers, self.n_segments = streams, n_layers, n_segments
         self._done: dict[tuple[int, int], torch.cuda.Event] = {}
 
-    def steps(self, reverse: bool) -> Iterator[tuple[int, int]]:
+    def steps(self, reverse: bool, pending: bool = False, hold: bool = False) -> Iterator[tuple[int, int]]:
         """(layer, segment) pairs: forward, layer l on segment w - l at wave w; reverse, the top layer first
-        and the last segment first."""
+        and the last segment first.
+
+        A skewed forward (`skewed_step`): with `pending`, layer l starts at segment -l (its input for it
+        was left by the previous pass); with `hold`, it stops l segments short of the end (those inputs wait
+        for the next pass). Both on, every wave of the pass runs every layer.
+        """
         L, n = self.n_layers, self.n_segments
-        for wave in range(n + L - 1):
+        if reverse and (pending or hold):
+            raise ValueError("only a forward pass can be skewed")
+        for wave in range(n if hold else n + L - 1):
             for depth in range(L):
                 layer = L - 1 - depth if reverse else depth
                 s = n - 1 - (wave - depth) if reverse else wave - depth
-                if 0 <= s < n:
+                if (-layer if pending else 0) <= s < (n - layer if hold else n):
                     yield layer, s
 
     @contextlib.contextmanager
@@ -118,36 +125,66 @@ class Wavefront:
             self._done.clear()
 
 
-def wavefront_step(model: TitansDNA, ids: Tensor, state: ModelState,
-                   streams: list[torch.cuda.Stream] | None = None,
-                   layers: Sequence[Callable] | None = None) -> TitansOutput:
-    """`step` on a piece of whole segments, in wavefront order (`Wavefront`): layer l runs segment s at wave
-    l + s. With one CUDA stream per layer (`streams`) the layers of a wave run at once: at batch 1 each of
-    their small kernels fills a few SMs, and a graph of the piece overlaps n_layers of them where `step` runs
-    one. Per segment the arithmetic is `step`'s; only kernels' row counts differ.
+@dataclasses.dataclass
+class SkewedState(ModelState):
+    """The state of a skewed stream (`wavefront_step` with ``hold``): layer l has read l segments fewer than
+    layer 0, and ``pending[l - 1]`` [B, segment_len, d_model] is layer l's input for its next segment (the
+    output of layer l - 1 on it). Internal to streaming: the model's forward cannot continue it."""
 
-    `layers`: `piece_layers(model, ...)` (the default: uncompiled). Under autocast the linear weights are cast
-    once per piece, not once per layer-segment (`autocast_linears`).
+    pending: list[Tensor]
+
+
+def wavefront_step(model: TitansDNA, ids: Tensor, state: ModelState | None,
+                   streams: list[torch.cuda.Stream] | None = None,
+                   layers: Sequence[Callable] | None = None, hold: bool = False) -> TitansOutput:
+    """`step` in wavefront order (`Wavefront`): layer l runs segment s at wave l + s. With one CUDA stream per
+    layer (`streams`) the layers of a wave run at once: at batch 1 each of their small kernels fills a few
+    SMs, and a graph of the piece overlaps n_layers of them where `step` runs one. Per segment the arithmetic
+    is `step`'s; only kernels' row counts differ.
+
+    Skewed (a `SkewedState` in, or ``hold``): a pass that starts from a `SkewedState` first runs each layer
+    on its pending segment; with ``hold`` layer l leaves the piece's last l segments pending and the pass
+    returns a `SkewedState`. A stream of pieces so skewed runs n_layers layer-segments in every wave, where a
+    piece that starts and ends level fills and drains (n + n_layers - 1 waves for n segments). The outputs
+    are the top layer's: a held pass's lag n_layers - 1 segments behind its input.
+
+    `ids` [B, T]: whole segments of `segment_len` tokens when ``hold`` (else the last may be shorter; T = 0
+    only drains a `SkewedState`). `layers`: `piece_layers(model, ...)` (the default: uncompiled). Under
+    autocast the linear weights are cast once per pass, not once per layer-segment (`autocast_linears`).
     """
-    C = model.config.segment_len
-    if ids.shape[1] % C:
-        raise ValueError(f"a wavefront piece is whole segments of {C} tokens; got {ids.shape[1]}")
-    mask = torch.ones_like(ids[:, :C], dtype=torch.bool)
-    segments = list(model.embedding(ids).split(C, dim=1))
-    layer_states = list(state.layers)
+    C, L = model.config.segment_len, len(model.layers)
+    pending = state.pending if isinstance(state, SkewedState) else None
+    if hold and ids.shape[1] % C:
+        raise ValueError(f"a held piece is whole segments of {C} tokens; got {ids.shape[1]}")
+    if hold and pending is None and ids.shape[1] < L * C:
+        raise ValueError(f"the first held piece needs >= n_layers = {L} segments; got {ids.shape[1]} tokens")
+    mask = torch.ones(ids.shape[0], C, dtype=torch.bool, device=ids.device)
+    n = -(-ids.shape[1] // C)
+    inputs = {(0, s): x for s, x in enumerate(model.embedding(ids).split(C, dim=1)[:n])}  # (layer, segment)
+    inputs.update({(layer, -layer): x for layer, x in enumerate(pending or (), start=1)})
+    layer_states = list(state.layers) if state is not None else [None] * L
     layers = piece_layers(model) if layers is None else layers
     casts = [autocast_linears(layer, ids.device) for layer in model.layers]
     # Tensors handed from one stream to another stay referenced until the end: freed, their blocks could be
     # reused by the producing stream while the consuming one still reads them.
-    handed_over = list(segments)
-    waves = Wavefront(streams, len(model.layers), len(segments))
+    handed_over, top = list(inputs.values()), []
+    waves = Wavefront(streams, L, n)
     with waves.run():
-        for index, s in waves.steps(reverse=False):
-            with waves.step(index, s, after=(index - 1, s) if index else None):
-                segments[s], layer_states[index] = layers[index](
-                    casts[index], (segments[s], mask, layer_states[index], True))
-                handed_over.append(segments[s])
-    return model.head(torch.cat(segments, dim=1), ModelState(layer_states))
+        for index, s in waves.steps(reverse=False, pending=pending is not None, hold=hold):
+            x = inputs.pop((index, s))
+            produced_here = index and (pending is None or s > -index)
+            with waves.step(index, s, after=(index - 1, s) if produced_here else None):
+                y, layer_states[index] = layers[index](casts[index], (x, mask[:, :x.shape[1]],
+                                                                      layer_states[index], True))
+                handed_over.append(y)
+            if index + 1 < L:
+                inputs[index + 1, s] = y
+            else:
+                top.append(y)
+    if not hold:
+        return model.head(torch.cat(top, dim=1), ModelState(layer_states))
+    return model.head(torch.cat(top, dim=1),
+                      SkewedState(layer_states, [inputs.pop((layer, n - layer)) for layer in range(1, L)]))
 
 
 def autocast_linears(layer: nn.Module, device: torch.device) -> dict[str, Tensor]:
@@ -230,10 +267,18 @@ def _load(buffers: ModelState, state: ModelState) -> None:
         buffer.copy_(value)
 
 
+def can_skew(model: TitansDNA, piece_len: int) -> bool:
+    """Whether a stream of `piece_len`-token pieces can run skewed (`wavefront_step` with ``hold``): two
+    layers or more, and its first piece, which sets the skew up, gives the top layer a segment."""
+    return 1 < len(model.layers) <= piece_len // model.config.segment_len
+
+
 class GraphedPieces:
     """One forward of a [1, piece_len] piece captured as a CUDA graph and replayed for each full piece
     (`wavefront`: in `wavefront_step` order, one stream per layer; else `step`; `compiled`: through
-    `piece_layers(model, "inductor")`, in wavefront order, on one stream unless `wavefront`).
+    `piece_layers(model, "inductor")`, in wavefront order, on one stream unless `wavefront`). In wavefront
+    order the pieces run skewed where they can (`skewed` and `can_skew`): the graph takes and returns a
+    `SkewedState` and its outputs lag n_layers - 1 segments behind its input (`wavefront_step`).
 
     The graph reads the token ids and the state from static buffers and ends by copying the new state into
     the state buffers, so every replay advances the stream. `run` returns static outputs: hidden states,
@@ -241,7 +286,7 @@ class GraphedPieces:
     """
 
     def __init__(self, model: TitansDNA, piece_len: int, precision: str, wavefront: bool = True,
-                 compiled: bool = False) -> None:
+                 compiled: bool = False, skewed: bool = True) -> None:
         if model.device.type != "cuda":
             raise ValueError(f"CUDA graphs need the model on a CUDA device; it is on {model.device} "
                              "(stream eagerly: cuda_graph=False)")
@@ -250,6 +295,7 @@ class GraphedPieces:
             # whole segments leave no pending inputs, so every piece sees the same shapes
             raise ValueError(f"piece_len must be a multiple of segment_len={segment} (> 0), got {piece_len}")
         self.model, self.piece_len, self.precision = model, piece_len, precision
+        self.skewed = skewed and (wavefront or compiled) and can_skew(model, piece_len)
         # the graph records its kernels on these streams; they live as long as it does
         self._streams = [torch.cuda.Stream(model.device) for _ in model.layers] if wavefront else None
         self._layers = piece_layers(model, "inductor") if compiled else None
@@ -262,6 +308,9 @@ class GraphedPieces:
         call)."""
         if tuple(ids.shape) != (1, self.piece_len):
             raise ValueError(f"ids must be [1, {self.piece_len}]; got {tuple(ids.shape)}")
+        if isinstance(state, SkewedState) != self.skewed:
+            raise ValueError(f"this graph runs {'skewed' if self.skewed else 'level'} pieces; the state is "
+                             f"{'skewed' if isinstance(state, SkewedState) else 'level'}")
         if not graph_ready(self.model, state):
             raise ValueError("a piece from this state changes the state's structure (the stream start, or a "
                              "MAG/MAL attention tail short of window - 1 rows): run it eagerly")
@@ -278,7 +327,7 @@ class GraphedPieces:
     def _step(self, ids: Tensor, state: ModelState) -> TitansOutput:
         with torch.no_grad(), autocast(self.model.device, self.precision, cache_enabled=False):
             if self._streams is not None or self._layers is not None:
-                return wavefront_step(self.model, ids, state, self._streams, self._layers)
+                return wavefront_step(self.model, ids, state, self._streams, self._layers, hold=self.skewed)
             return step(self.model, ids, state)
 
     def _capture(self, ids: Tensor, state: ModelState) -> None:

@@ -26,7 +26,7 @@ from titans_dna.data.bed import Interval, SequenceSource, check_intervals, read_
 from titans_dna.data.genome import Genome
 from titans_dna.data.tokenizer import BASE_IDS
 from titans_dna.model import ModelState, TitansDNA, TitansOutput
-from titans_dna.model.graphed import GraphedPieces, graph_ready
+from titans_dna.model.graphed import GraphedPieces, graph_ready, wavefront_step
 from titans_dna.model.heads import check_pooling
 from titans_dna.train.classifiers import autocast
 
@@ -166,16 +166,16 @@ class StreamPiece:
 
 
 def graphed_pieces(model: TitansDNA, piece_len: int, precision: str, wavefront: bool = True,
-                   compiled: bool = False) -> GraphedPieces:
+                   compiled: bool = False, skewed: bool = True) -> GraphedPieces:
     """The model's captured graph for pieces of `piece_len` tokens at `precision`, captured once and kept on
     the model for all its streams. One capture per stream left 32 MiB allocated after every stream (H200,
     torch 2.11), so streaming a FASTA of many records grew without bound. A graph reads the weights where
     they were at capture: moved weights (new storage) get a new graph in place of the old one."""
     graphs = model.__dict__.setdefault("_stream_graphs", {})
     weights = tuple(p.data_ptr() for p in model.parameters())
-    key = (piece_len, precision, wavefront, compiled)
+    key = (piece_len, precision, wavefront, compiled, skewed)
     if key not in graphs or graphs[key][0] != weights:
-        graphs[key] = weights, GraphedPieces(model, piece_len, precision, wavefront, compiled)
+        graphs[key] = weights, GraphedPieces(model, piece_len, precision, wavefront, compiled, skewed)
     return graphs[key][1]
 
 
@@ -201,12 +201,15 @@ class RegionStream:
             (`model/graphed.wavefront_step`; same outputs), else layer after layer.
         compiled: graphed pieces run the layers through torch.compile (`model/graphed.piece_layers`;
             fewer, fused kernels; ~30 s of compiling first).
+        skewed: graphed pieces in wavefront order run skewed (`model/graphed.wavefront_step` with ``hold``):
+            layer l lags l segments behind layer 0 across pieces, so every wave of a replay runs every layer;
+            a piece's outputs then cover the positions its top layer reached (same numbers, later).
     """
 
     def __init__(self, model: TitansDNA, genome: SequenceSource, region: Interval,
                  stride: int | None = None, pooling: str = "mean", piece_segments: int = PIECE_SEGMENTS,
                  precision: str = "fp32", cuda_graph: bool | None = None, wavefront: bool = True,
-                 compiled: bool = False) -> None:
+                 compiled: bool = False, skewed: bool = True) -> None:
         if piece_segments < 1:
             raise ValueError(f"piece_segments must be >= 1, got {piece_segments}")
         if len(region) < 1:
@@ -220,8 +223,8 @@ class RegionStream:
         if cuda_graph is None:
             cuda_graph = (model.device.type == "cuda" and model.config.causal
                           and len(region) // self.piece >= 2)
-        self.graphed = (graphed_pieces(model, self.piece, precision, wavefront, compiled) if cuda_graph
-                        else None)
+        self.graphed = (graphed_pieces(model, self.piece, precision, wavefront, compiled, skewed)
+                        if cuda_graph else None)
 
     def _token_pieces(self) -> Iterator[tuple[int, Tensor]]:
         """(region offset, ids long [<= piece] on the model's device), fetched READ_BASES at a time."""
@@ -235,37 +238,59 @@ class RegionStream:
                 yield block_start + offset, block[offset:offset + piece]
 
     def __iter__(self) -> Iterator[StreamPiece]:
-        model, length = self.model, len(self.region)
+        model = self.model
         bases = torch.tensor(BASE_IDS, device=model.device)
-        state, context = None, None
+        context, done = None, 0
         totals = torch.zeros(2, dtype=torch.float64, device=model.device)  # log-likelihood, scored
         was_training = model.training
         model.eval()
         try:
-            for start, ids in self._token_pieces():
-                last = start + ids.shape[0] == length
-                out = self._forward(ids, state, last)
-                state = out.state
+            for out, ids, last in self._outputs():
                 logits = out.logits[0]
                 logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
                 picked, context = shifted_logliks(logp, ids, context), logp[-1:]
                 scored = torch.isin(ids, bases) & ~torch.isnan(picked)
                 totals += torch.stack([torch.where(scored, picked, 0.0).sum(), scored.sum()]).double()
                 hidden = out.hidden_states[0]
-                whole = self.pooler.add(start, hidden)[1]  # the region is one bin, done at its last piece
+                whole = self.pooler.add(done, hidden)[1]  # the region is one bin, done at its last piece
                 if last:
                     self.embedding = whole[0].cpu()
-                yield self._piece(start, hidden, torch.where(scored, picked, math.nan), last)
+                yield self._piece(done, hidden, torch.where(scored, picked, math.nan), last)
+                done += ids.shape[0]
         finally:
             model.train(was_training)
         self.log_likelihood, self.scored = float(totals[0]), int(totals[1])
 
-    def _forward(self, ids: Tensor, state: ModelState | None, last: bool) -> TitansOutput:
-        """The model on one piece: a graph replay for a full piece whose state the graph can carry (see
-        `graph_ready`; its outputs live until the next replay), else an eager forward."""
+    def _outputs(self) -> Iterator[tuple[TitansOutput, Tensor, bool]]:
+        """The model's outputs over the region in order, each with the ids [t] of the positions it covers
+        (skewed pieces cover fewer than they read, and the drain the rest) and whether it is the last."""
+        state, waiting = None, torch.zeros(0, dtype=torch.long, device=self.model.device)
+        for start, piece_ids in self._token_pieces():
+            last_piece = start + piece_ids.shape[0] == len(self.region)
+            outputs = self._forward(piece_ids, state, last_piece)
+            state, waiting = outputs[-1].state, torch.cat([waiting, piece_ids])
+            for i, out in enumerate(outputs):
+                rows = out.logits.shape[1]
+                yield out, waiting[:rows], last_piece and i == len(outputs) - 1
+                waiting = waiting[rows:]
+
+    def _forward(self, ids: Tensor, state: ModelState | None, last: bool) -> list[TitansOutput]:
+        """The model on one piece, as one output or two (each over the positions it reached: with skewed
+        pieces, up to n_layers - 1 segments behind the piece's end). A full piece whose state the graph can
+        carry (see `graph_ready`) replays the graph (its outputs live until the next replay), and at the
+        region's end an eager pass on no new ids drains the skew; any other piece runs eagerly."""
         if self.graphed is not None and ids.shape[0] == self.piece and graph_ready(self.model, state):
-            return self.graphed.run(ids[None], state)
+            out = self.graphed.run(ids[None], state)
+            drain = last and self.graphed.skewed
+            return [out, self._eager(ids[:0], out.state, last=True)] if drain else [out]
+        return [self._eager(ids, state, last)]
+
+    def _eager(self, ids: Tensor, state: ModelState | None, last: bool) -> TitansOutput:
+        """An eager forward of ids [t]; in a skewed stream in the graph's order (`wavefront_step`), holding
+        back the upper layers' last segments until the `last` piece drains them."""
         with torch.no_grad(), autocast(self.model.device, self.precision):
+            if self.graphed is not None and self.graphed.skewed:
+                return wavefront_step(self.model, ids[None], state, hold=not last)
             return self.model(ids[None], state=state, return_state=not last)
 
     def _piece(self, start: int, hidden: Tensor, loglik: Tensor, last: bool) -> StreamPiece:

@@ -395,8 +395,9 @@ def test_cuda_graph_needs_a_cuda_model():
 @pytest.mark.parametrize("mode", ["layers", "wavefront", "compiled"])
 def test_cuda_graph_stream_equals_eager_stream(block, precision, mode, seed):
     """On a GPU: the captured graph (Triton memory path; layers on their own streams with "wavefront", and
-    through inductor with "compiled") streams the same numbers as the eager pieces, over 14 full pieces of 4
-    segments and a shorter last one."""
+    through inductor with "compiled"; both skewed) streams the same numbers as the eager pieces, over 14 full
+    pieces of 4 segments and a shorter last one: float32 element by element, bf16 norm-wise (a compiled
+    graph rounds elsewhere than eager kernels, so single elements of a bf16 run may stray further)."""
     model = tiny_model(torch.float32, block=block).cuda()
     genome = Genome({"chrA": "".join(random.Random(seed).choice("ACGTN") for _ in range(1000))})
     region = Interval("chrA", 0, 1000)
@@ -404,12 +405,17 @@ def test_cuda_graph_stream_equals_eager_stream(block, precision, mode, seed):
                             cuda_graph=graph, wavefront=mode != "layers", compiled=mode == "compiled")
                for graph in (False, True)]
     eager, graphed = (list(stream) for stream in streams)
-    tol = F32 if precision == "fp32" else dict(rtol=1e-2, atol=1e-2)
-    for key in ("loglik", "windows"):
-        torch.testing.assert_close(torch.cat([getattr(p, key) for p in graphed]),
-                                   torch.cat([getattr(p, key) for p in eager]), equal_nan=True, **tol)
-    torch.testing.assert_close(streams[1].embedding, streams[0].embedding, **tol)
-    assert streams[1].log_likelihood == pytest.approx(streams[0].log_likelihood, rel=tol["rtol"])
+    assert streams[1].graphed.skewed == (mode != "layers")
+    pairs = {key: (torch.cat([getattr(p, key) for p in graphed]), torch.cat([getattr(p, key) for p in eager]))
+             for key in ("loglik", "windows")}
+    pairs["embedding"] = streams[1].embedding, streams[0].embedding
+    assert torch.equal(pairs["loglik"][0].isnan(), pairs["loglik"][1].isnan())
+    tol = 1e-5 if precision == "fp32" else 1e-2
+    for key, (out, ref) in pairs.items():
+        if precision == "fp32":
+            torch.testing.assert_close(out, ref, equal_nan=True, **F32)
+        assert relative_error(ref.nan_to_num(), out.nan_to_num()) < tol, key
+    assert streams[1].log_likelihood == pytest.approx(streams[0].log_likelihood, rel=tol)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

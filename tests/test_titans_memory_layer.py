@@ -42,6 +42,30 @@ def test_model_runs_the_memory_through_the_op(block, monkeypatch, seed):
     assert last_backend() == "naive"
 
 
+def test_autocast_runs_the_op_on_half_inputs_with_float32_gates(monkeypatch, seed):
+    """Under bf16 autocast the op gets q, k, v in bf16 (its matmuls follow autocast, as a linear layer's) and
+    the gates in float32; the model's output stays within bf16 rounding of the float32 model's."""
+    seen = []
+    op = layer_module.titans_memory
+
+    def recording_op(*args, **kwargs):
+        seen.append([t.dtype for t in args[:6]])
+        return op(*args, **kwargs)
+
+    monkeypatch.setattr(layer_module, "titans_memory", recording_op)
+    config = TitansConfig(d_model=32, n_layers=2, n_heads=2, head_dim=16, chunk_size=4, segment_len=8,
+                          memory_backend="naive")
+    model = TitansDNA(config).eval()
+    ids = torch.randint(7, 11, (1, 40))
+    with torch.no_grad():
+        ref = model(ids).logits
+        assert seen[-1] == [torch.float32] * 6
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(ids).logits
+    assert seen[-1] == [torch.bfloat16] * 3 + [torch.float32] * 3
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 2e-2
+
+
 @pytest.mark.parametrize("depth,activation", [(1, "silu"), (2, "silu"), (3, "gelu")])
 def test_read_is_the_op_output_with_nothing_written(depth, activation, seed):
     """memory_read gives what the op outputs with all gates zero (no write), value and gradients."""

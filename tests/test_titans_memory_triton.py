@@ -81,10 +81,11 @@ def make_inputs(B, T, H, D, depth, expansion, with_state, dtype=torch.float64, p
     return [q, k, v, theta, eta, alpha], weights, state
 
 
-def run_with_grads(fn, xs, weights, state, dtype, do, dstate, **kw):
-    """Call the op on leaf copies in `dtype`, backpropagate <o, do> + <final state, dstate>."""
-    xs = [x.detach().to(dtype).requires_grad_() for x in xs]
-    weights = [w.detach().to(dtype).requires_grad_() for w in weights]
+def run_with_grads(fn, xs, weights, state, dtype, do, dstate, gate_dtype=None, **kw):
+    """Call the op on leaf copies in `dtype` (the gates and W_0 in `gate_dtype` if given), backpropagate
+    <o, do> + <final state, dstate>."""
+    xs = [x.detach().to(dtype if i < 3 else gate_dtype or dtype).requires_grad_() for i, x in enumerate(xs)]
+    weights = [w.detach().to(gate_dtype or dtype).requires_grad_() for w in weights]
     if state is not None:
         state = tuple(tuple(s.detach().to(dtype).requires_grad_() for s in part) for part in state)
     o, (ws, ss) = fn(*xs, weights, state, **kw)
@@ -164,7 +165,10 @@ def test_chunk_matches_reference(ops, seed, split, depth, T, D, expansion, chunk
 
 
 @interpreted_only
-def test_chunk_bf16(ops, seed, split):
+@pytest.mark.parametrize("gate_dtype", [None, torch.float32], ids=["all-bf16", "autocast"])
+def test_chunk_bf16(ops, seed, split, gate_dtype):
+    """bf16 inputs against the float64 reference on the same rounded values: all of them, or q, k, v only
+    with float32 gates and W_0 (what the model passes under autocast)."""
     chunk_mod, _ = ops
     B, T, H, D = 1, 40, 2, 16
     xs, weights, _ = make_inputs(B, T, H, D, 2, 2, False)
@@ -180,8 +184,10 @@ def test_chunk_bf16(ops, seed, split):
     weights = [w.to(torch.bfloat16).double() for w in weights]
     kw = dict(chunk_size=16)
     ref = run_with_grads(naive_chunk_titans_memory, xs, weights, None, torch.float64, do, dstate, **kw)
-    got = run_with_grads(chunk_mod.chunk_titans_memory, xs, weights, None, torch.bfloat16, do, dstate, **kw)
-    assert got["o"].dtype == torch.bfloat16 and got["dtheta"].dtype == torch.bfloat16
+    got = run_with_grads(chunk_mod.chunk_titans_memory, xs, weights, None, torch.bfloat16, do, dstate,
+                         gate_dtype=gate_dtype, **kw)
+    assert got["o"].dtype == got["dq"].dtype == torch.bfloat16
+    assert got["dtheta"].dtype == got["dW0_0"].dtype == (gate_dtype or torch.bfloat16)
     assert split is None or split.keys() == {"fwd", "bwd"}
     assert_close(got, ref, 3e-2)
 

@@ -148,9 +148,9 @@ class TitansMemory(nn.Module):
         c = self.config
         device = inputs.q.device.type
         if torch.is_autocast_enabled(device):
-            # The op's matmuls follow autocast as a linear layer's would; the gates and the state stay float32.
-            # Autocast alone leaves q, k, v in float32 (the depthwise conv multiplies by float32 taps), and the
-            # kernels run float32 inputs as six bf16 dots each, for float32 accuracy.
+            # The op's matmuls follow autocast as a linear layer's would; gates and state stay float32.
+            # Autocast alone leaves q, k, v in float32 (the depthwise conv multiplies by float32 taps),
+            # and the kernels run float32 inputs as six bf16 dots each, for float32 accuracy.
             dtype = torch.get_autocast_dtype(device)
             inputs = inputs._replace(q=inputs.q.to(dtype), k=inputs.k.to(dtype), v=inputs.v.to(dtype))
         o, state = titans_memory(*inputs, list(self.weights), initial_state=memory, chunk_size=c.chunk_size,

@@ -20,6 +20,7 @@ from .chunk_fwd import (
     TINY,
     _act,
     _chain_ptrs,
+    _chunk_span,
     _gate_terms,
     _load_coeffs,
     _load_cols,
@@ -257,9 +258,7 @@ def titans_memory_bwd_kernel(
         # recompute the chunk-start states of this segment into the scratch
         for l in range(0, n_l - 1):
             i_c = c_lo + l
-            t0 = i_c * CS
-            n = tl.minimum(CS, T - t0)
-            tok = (i_b.to(tl.int64) * T + t0) * H + i_h
+            t0, n, tok = _chunk_span(i_c, i_b, i_h, T, CS, H)
             p_w1, p_w2, p_s1, p_s2 = _chunk_start_ptrs(ck_w1, ck_w2, ck_s1, ck_s2, sc_w1, sc_w2, sc_s1, sc_s2,
                                                        i_bh, i_s, l, N_CK, n_sc, SIZE)
             c, wm, A, E, G = _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT, CS)
@@ -281,9 +280,7 @@ def titans_memory_bwd_kernel(
         for r in range(0, n_l):
             l = n_l - 1 - r
             i_c = c_lo + l
-            t0 = i_c * CS
-            n = tl.minimum(CS, T - t0)
-            tok = (i_b.to(tl.int64) * T + t0) * H + i_h
+            t0, n, tok = _chunk_span(i_c, i_b, i_h, T, CS, H)
             p_w1, p_w2, p_s1, p_s2 = _chunk_start_ptrs(ck_w1, ck_w2, ck_s1, ck_s2, sc_w1, sc_w2, sc_s1, sc_s2,
                                                        i_bh, i_s, l, N_CK, n_sc, SIZE)
             c, wm, A, E, G = _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT, CS)
@@ -325,9 +322,7 @@ def titans_memory_gate_bwd_kernel(theta, eta, alpha, dcw, dsc, dtheta, deta, dal
     i_b = i_bh // H
     i_h = i_bh % H
     NC = tl.cdiv(T, CS)
-    t0 = i_c * CS
-    n = tl.minimum(CS, T - t0)
-    tok = (i_b.to(tl.int64) * T + t0) * H + i_h
+    t0, n, tok = _chunk_span(i_c, i_b, i_h, T, CS, H)
     th, et, al, log_a, log_e = _load_gates(theta + tok, eta + tok, alpha + tok, H, n, BT)
     f, m, g, A, E = _gate_terms(log_a, log_e, n, BT)
     o_t = tl.arange(0, BT)

@@ -112,9 +112,7 @@ def titans_memory_coeff_kernel(theta, eta, alpha, cw, aeg, T, H: tl.constexpr, C
     cw [B*H, 2, T] gets c and m theta per token, aeg [B*H, NC, 4] gets A, E, G per chunk."""
     i_c = tl.program_id(0)
     i_bh = tl.program_id(1)
-    t0 = i_c * CS
-    n = tl.minimum(CS, T - t0)
-    tok = ((i_bh // H).to(tl.int64) * T + t0) * H + i_bh % H
+    t0, n, tok = _chunk_span(i_c, i_bh // H, i_bh % H, T, CS, H)
     c, wm, A, E, G = _chunk_coeffs(theta + tok, eta + tok, alpha + tok, H, n, BT)
     o_t = tl.arange(0, BT)
     p_c = cw + i_bh.to(tl.int64) * 2 * T + t0 + o_t
@@ -249,30 +247,38 @@ def _mlp_fwd_step(p_w1, p_w2, p_s1, p_s2, p_w1n, p_w2n, p_s1n, p_s2n, b_q, b_k, 
 
 
 @triton.jit
+def _slice_update(b_w1, b_w2, b_s1, b_s2, e, b_k, hk, d1, c, wm, A, E, G, BF16: tl.constexpr,
+                  PREC: tl.constexpr):
+    """One chunk's depth-2 update of a block E_p of hidden units (a tile of _mlp_update_tiles, or a split
+    program's slices: rows E_p of W1, S1, columns E_p of W2, S2) from the chain's error e [BT, D] and the
+    block's hidden activations hk = act(z), d1 = act'(z) [BT, BE]: g1 = (e W2[:, E_p]) * d1,
+    W' = A W + G S - (c g)^T h, S' = E S - (m theta g)^T h per layer. Returns W1', W2', S1', S2'."""
+    g1 = _mm(e, b_w2, BF16, PREC) * d1
+    u1c = _mm(tl.trans(c[:, None] * g1), b_k, BF16, PREC)
+    u1m = _mm(tl.trans(wm[:, None] * g1), b_k, BF16, PREC)
+    u2c = _mm(tl.trans(c[:, None] * e), hk, BF16, PREC)
+    u2m = _mm(tl.trans(wm[:, None] * e), hk, BF16, PREC)
+    return A * b_w1 + G * b_s1 - u1c, A * b_w2 + G * b_s2 - u2c, E * b_s1 - u1m, E * b_s2 - u2m
+
+
+@triton.jit
 def _mlp_update_tiles(p_w1, p_w2, p_s1, p_s2, p_w1n, p_w2n, p_s1n, p_s2n, b_k, e, c, wm, A, E, G, j_lo, j_hi,
                       D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr, ACT: tl.constexpr,
                       BF16: tl.constexpr, PREC: tl.constexpr):
-    """The depth-2 update of hidden units j_lo..j_hi from the error e, tile by tile: from (p_w*, p_s*) to
-    (p_w*n, p_s*n), which may be the same buffers."""
-    ce = c[:, None] * e
-    we = wm[:, None] * e
+    """The depth-2 update of hidden units j_lo..j_hi from the error e, tile by tile (`_slice_update` of each
+    tile): from (p_w*, p_s*) to (p_w*n, p_s*n), which may be the same buffers."""
     for j in range(j_lo, j_hi, BE):
         o_1 = _tile_offs(j, D, BE, D, True)
         o_2 = _tile_offs(j, HID, D, BE, False)
         b_w1 = tl.load(p_w1 + o_1)
         b_w2 = tl.load(p_w2 + o_2)
-        b_s1 = tl.load(p_s1 + o_1)
-        b_s2 = tl.load(p_s2 + o_2)
         hk, d1, _ = _act(_mm(b_k, tl.trans(b_w1), BF16, PREC), ACT)
-        g1 = _mm(e, b_w2, BF16, PREC) * d1
-        u1c = _mm(tl.trans(c[:, None] * g1), b_k, BF16, PREC)
-        u1m = _mm(tl.trans(wm[:, None] * g1), b_k, BF16, PREC)
-        u2c = _mm(tl.trans(ce), hk, BF16, PREC)
-        u2m = _mm(tl.trans(we), hk, BF16, PREC)
-        tl.store(p_w1n + o_1, A * b_w1 + G * b_s1 - u1c)
-        tl.store(p_s1n + o_1, E * b_s1 - u1m)
-        tl.store(p_w2n + o_2, A * b_w2 + G * b_s2 - u2c)
-        tl.store(p_s2n + o_2, E * b_s2 - u2m)
+        w1n, w2n, s1n, s2n = _slice_update(b_w1, b_w2, tl.load(p_s1 + o_1), tl.load(p_s2 + o_2), e, b_k, hk,
+                                           d1, c, wm, A, E, G, BF16, PREC)
+        tl.store(p_w1n + o_1, w1n)
+        tl.store(p_s1n + o_1, s1n)
+        tl.store(p_w2n + o_2, w2n)
+        tl.store(p_s2n + o_2, s2n)
 
 
 @triton.jit

@@ -31,7 +31,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_fwd import _act, _chunk_span, _load_coeffs, _load_rows, _mm, _state_ptrs, _tile_offs, interpreting
+from .chunk_fwd import (
+    _act,
+    _chunk_span,
+    _load_coeffs,
+    _load_rows,
+    _mm,
+    _slice_update,
+    _state_ptrs,
+    _tile_offs,
+    interpreting,
+)
 
 # a barrier that stays shut this long (seconds) sets the error flag instead of hanging the card
 MAX_SPINS = tl.constexpr(1 << 26)
@@ -61,20 +71,6 @@ def _sum_shares(p_part, row0, R: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
     for r in tl.static_range(P):
         acc += tl.load(p_part + r * SLOT + offs, cache_modifier=".cg")
     return acc
-
-
-@triton.jit
-def _slice_update(b_w1, b_w2, b_s1, b_s2, e, b_k, hk, d1, c, wm, A, E, G, BF16: tl.constexpr,
-                  PREC: tl.constexpr):
-    """One chunk's update of a program's state slices from the chain's error e [BT, D] and the program's
-    hidden activations hk = act(z), d1 = act'(z) [BT, BE]: g1 = (e W2[:, E_p]) * d1,
-    W' = A W + G S - (c g)^T h, S' = E S - (m theta g)^T h per layer. Returns W1', W2', S1', S2'."""
-    g1 = _mm(e, b_w2, BF16, PREC) * d1
-    u1c = _mm(tl.trans(c[:, None] * g1), b_k, BF16, PREC)
-    u1m = _mm(tl.trans(wm[:, None] * g1), b_k, BF16, PREC)
-    u2c = _mm(tl.trans(c[:, None] * e), hk, BF16, PREC)
-    u2m = _mm(tl.trans(wm[:, None] * e), hk, BF16, PREC)
-    return A * b_w1 + G * b_s1 - u1c, A * b_w2 + G * b_s2 - u2c, E * b_s1 - u1m, E * b_s2 - u2m
 
 
 @triton.jit(do_not_specialize=["T", "CK_EVERY", "N_CK"])

@@ -9,7 +9,9 @@ one launch per piece.
 `step` is the forward that the graph captures: ``model(ids, state=state, return_state=True)`` without the
 input checks, whose padding test synchronises the host with the device (which capture forbids).
 `wavefront_step` is the same forward in wavefront order, the layers on one CUDA stream each, so the graph runs
-up to n_layers layer-segments at once (the default; 3x faster on a whole genome, BENCHMARKS.md).
+up to n_layers layer-segments at once (the default; 3x faster on a whole genome, BENCHMARKS.md). Between
+pieces it can stay skewed (`SkewedState`): layer l a segment behind layer l - 1, so a replay never fills
+or drains its waves.
 """
 
 from __future__ import annotations
@@ -83,9 +85,10 @@ class Wavefront:
         """(layer, segment) pairs: forward, layer l on segment w - l at wave w; reverse, the top layer first
         and the last segment first.
 
-        A skewed forward (`skewed_step`): with `pending`, layer l starts at segment -l (its input for it
-        was left by the previous pass); with `hold`, it stops l segments short of the end (those inputs wait
-        for the next pass). Both on, every wave of the pass runs every layer.
+        A skewed forward (`wavefront_step` from a `SkewedState`, or with ``hold``): with `pending`, layer l
+        starts at segment -l (its input for it was left by the previous pass); with `hold`, it stops l
+        segments short of the end (those inputs wait for the next pass). Both on, every wave of the pass runs
+        every layer.
         """
         L, n = self.n_layers, self.n_segments
         if reverse and (pending or hold):

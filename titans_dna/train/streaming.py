@@ -165,24 +165,6 @@ class StreamPiece:
     windows: Tensor  # [k, d_model] pooled hidden states of those windows
 
 
-class _HostCopy:
-    """A `StreamPiece` on its way to the CPU: its tensors copied without blocking the host (into pinned
-    memory), readable after `wait`."""
-
-    def __init__(self, piece: StreamPiece) -> None:
-        fields = {f.name: getattr(piece, f.name) for f in dataclasses.fields(piece)}
-        self.piece = StreamPiece(**{name: v.to("cpu", non_blocking=True) if isinstance(v, Tensor) else v
-                                    for name, v in fields.items()})
-        self.done = torch.cuda.Event() if piece.loglik.is_cuda else None
-        if self.done is not None:
-            self.done.record()
-
-    def wait(self) -> StreamPiece:
-        if self.done is not None:
-            self.done.synchronize()
-        return self.piece
-
-
 def graphed_pieces(model: TitansDNA, piece_len: int, precision: str, wavefront: bool = True,
                    compiled: bool = False, skewed: bool = True) -> GraphedPieces:
     """The model's captured graph for pieces of `piece_len` tokens at `precision`, captured once and kept on
@@ -258,7 +240,7 @@ class RegionStream:
     def __iter__(self) -> Iterator[StreamPiece]:
         model = self.model
         bases = torch.tensor(BASE_IDS, device=model.device)
-        context, done, copied = None, 0, None
+        context, done = None, 0
         totals = torch.zeros(2, dtype=torch.float64, device=model.device)  # log-likelihood, scored
         was_training = model.training
         model.eval()
@@ -273,13 +255,8 @@ class RegionStream:
                 whole = self.pooler.add(done, hidden)[1]  # the region is one bin, done at its last piece
                 if last:
                     self.embedding = whole[0].cpu()
-                # A piece is handed out once the next one is queued: the host waits for its copies while
-                # the device runs the next piece, instead of the device waiting for the host in between.
-                if copied is not None:
-                    yield copied.wait()
-                copied = _HostCopy(self._piece(done, hidden, torch.where(scored, picked, math.nan), last))
+                yield self._piece(done, hidden, torch.where(scored, picked, math.nan), last)
                 done += ids.shape[0]
-            yield copied.wait()
         finally:
             model.train(was_training)
         self.log_likelihood, self.scored = float(totals[0]), int(totals[1])
@@ -324,4 +301,4 @@ class RegionStream:
             tail = self.windows.finish() if last else None
             if tail is not None:
                 starts, pooled = torch.cat([starts, tail[0]]), torch.cat([pooled, tail[1]])
-        return StreamPiece(start, loglik, starts, pooled)
+        return StreamPiece(start, loglik.cpu(), starts.cpu(), pooled.cpu())

@@ -285,17 +285,29 @@ def test_compiled_inference_call_equals_eager(seed):
     ref, got = ({"o": o, **{f"final_{i}": t for i, t in enumerate([*ws, *ss])}} for o, (ws, ss) in results)
     assert_close(got, ref, 1e-5)
 def test_split_programs_choice(monkeypatch):
-    """P: hidden / 32 programs per chain, else hidden / 64, whose grid fits one program per SM; 0 where no
-    split fits, for depth 1, or when tuned off; the interpreter only when forced, with P = 1."""
+    """P: hidden / 32 programs per chain, else hidden / 64, whose grid is resident at once (one program per
+    SM, or as many as the kernel built for P lets an SM hold); 0 where no split fits, for depth 1, or when
+    tuned off; the interpreter only when forced, with P = 1."""
     from titans_dna.kernels.titans_memory import chunk_fwd_split as split
 
     monkeypatch.setattr(split, "_resident_programs", lambda device: 132)
+    asked = []
+
+    def two_per_sm(P: int) -> int:
+        asked.append(P)
+        return 2
+
     cuda_q = type("Q", (), {"shape": (1, 1024, 8, 64), "device": torch.device("cuda")})()
     assert split.split_programs(cuda_q, 2, 256, 64, {}) == 8
+    assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm) == 8 and not asked  # fits one per SM
     cuda_q.shape = (4, 1024, 8, 64)  # 32 chains: 4 programs each fit 132 SMs, 8 do not
     assert split.split_programs(cuda_q, 2, 256, 64, {}) == 4
-    cuda_q.shape = (16, 1024, 8, 64)
+    assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm) == 8 and asked == [8]  # 256 <= 264
+    assert split.split_programs(cuda_q, 2, 256, 64, {"split_pack": 0}, two_per_sm) == 4
+    cuda_q.shape = (16, 1024, 8, 64)  # 128 chains: 2 programs each fit only two to an SM
     assert split.split_programs(cuda_q, 2, 256, 64, {}) == 0
+    assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm) == 0  # P = 8 and 4 would need 4 and 2
+    assert split.split_programs(cuda_q, 2, 128, 64, {}, two_per_sm) == 2
     cuda_q.shape = (1, 1024, 4, 64)
     assert split.split_programs(cuda_q, 2, 128, 64, {}) == 4
     assert split.split_programs(cuda_q, 2, 128, 64, {"split_be": 16}) == 8
@@ -330,9 +342,9 @@ def test_split_kernels_on_gpu(seed, monkeypatch, dtype, B, H, hidden):
     for split in (0, 1):
         monkeypatch.setitem(chunk_fwd.TUNING, "split", split)
         runs[split] = run_with_grads(chunk.chunk_titans_memory, xs, weights, state, dtype, do, dstate, **kw)
-    P = chunk_fwd_split.split_programs(xs[0], 2, hidden, cs, {})
-    flags = chunk_fwd_split.barrier_flags
-    assert P >= 2 and flags.keys() == {"fwd", "bwd"} and all(f.item() == 0 for f in flags.values())
+    launched, flags = chunk_fwd_split.launched_programs, chunk_fwd_split.barrier_flags
+    assert launched.keys() == flags.keys() == {"fwd", "bwd"} and min(launched.values()) >= 2
+    assert all(f.item() == 0 for f in flags.values())
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     assert_close(runs[1], ref, tol, gate_tol=tol * 5)
     assert_close(runs[1], runs[0], tol)

@@ -97,11 +97,10 @@ def _de_pass(p_w1, p_w2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, c, wm, j_lo, j_hi, 
              HID: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr, ACT: tl.constexpr, BF16: tl.constexpr,
              PREC: tl.constexpr):
     """Pass B over hidden units j_lo..j_hi: their shares of everything that feeds de (its full sum is needed
-    before dh), of dk and of dL/dc, dL/d(m theta). Returns dk, de [BT, D], dc, dwm [BT]."""
-    dk = tl.zeros([BT, D], dtype=tl.float32)
+    before dh) and of dL/dc, dL/d(m theta). Each tile's terms are applied as they come, so only de is carried
+    over the tiles (the pass spilled more with r2, r2s and dk carried too). Returns de [BT, D], dc, dwm
+    [BT]."""
     de = tl.zeros([BT, D], dtype=tl.float32)
-    r2 = tl.zeros([BT, D], dtype=tl.float32)
-    r2s = tl.zeros([BT, D], dtype=tl.float32)
     dc = tl.zeros([BT], dtype=tl.float32)
     dwm = tl.zeros([BT], dtype=tl.float32)
     for j in range(j_lo, j_hi, BE):
@@ -109,34 +108,32 @@ def _de_pass(p_w1, p_w2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, c, wm, j_lo, j_hi, 
         o_2 = _tile_offs(j, HID, D, BE, False)
         b_w1 = tl.load(p_w1 + o_1)
         b_w2 = tl.load(p_w2 + o_2)
-        b_dw1 = tl.load(p_dw1 + o_1)
-        b_ds1 = tl.load(p_ds1 + o_1)
-        b_dw2 = tl.load(p_dw2 + o_2)
-        b_ds2 = tl.load(p_ds2 + o_2)
         hk, d1, d2 = _act(_mm(b_k, tl.trans(b_w1), BF16, PREC), ACT)
         g1 = _mm(e, b_w2, BF16, PREC) * d1
-        r1 = _mm(b_k, tl.trans(b_dw1), BF16, PREC)
-        r1s = _mm(b_k, tl.trans(b_ds1), BF16, PREC)
+        r1 = _mm(b_k, tl.trans(tl.load(p_dw1 + o_1)), BF16, PREC)
+        r1s = _mm(b_k, tl.trans(tl.load(p_ds1 + o_1)), BF16, PREC)
         dc -= tl.sum(g1 * r1, axis=1)
         dwm -= tl.sum(g1 * r1s, axis=1)
-        dk -= _mm(c[:, None] * g1, b_dw1, BF16, PREC) + _mm(wm[:, None] * g1, b_ds1, BF16, PREC)
-        r2 += _mm(hk, tl.trans(b_dw2), BF16, PREC)
-        r2s += _mm(hk, tl.trans(b_ds2), BF16, PREC)
         # d(g1) = -(c r1 + wm r1s); through g1 = (e W2) * act'(z): d(e W2) = d(g1) act'(z)
         dp = -(c[:, None] * r1 + wm[:, None] * r1s) * d1
         de += _mm(dp, tl.trans(b_w2), BF16, PREC)
-    de -= c[:, None] * r2 + wm[:, None] * r2s
-    dc -= tl.sum(e * r2, axis=1)
-    dwm -= tl.sum(e * r2s, axis=1)
-    return dk, de, dc, dwm
+        # h = act(z) feeds u2 = e h^T: r2 = h dW2^T, r2s = h dS2^T reach e through the c and m theta sums
+        r2 = _mm(hk, tl.trans(tl.load(p_dw2 + o_2)), BF16, PREC)
+        r2s = _mm(hk, tl.trans(tl.load(p_ds2 + o_2)), BF16, PREC)
+        de -= c[:, None] * r2 + wm[:, None] * r2s
+        dc -= tl.sum(e * r2, axis=1)
+        dwm -= tl.sum(e * r2s, axis=1)
+    return de, dc, dwm
 
 
 @triton.jit
-def _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de, dk, c, wm, A, E, G, j_lo,
-                 j_hi, D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr, ACT: tl.constexpr,
+def _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de, c, wm, A, E, G, j_lo, j_hi,
+                 D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr, ACT: tl.constexpr,
                  BF16: tl.constexpr, PREC: tl.constexpr):
     """Pass C over hidden units j_lo..j_hi: dh, dz, the local weight gradients and the adjoint update, in
-    place. Returns dk (plus their share) and their shares of dA, dE, dG."""
+    place, and the keys' gradient through u1 = (c g1)^T k, (m theta g1)^T k (from the adjoint before the
+    update, which this pass holds anyway). Returns their share of dk and of dA, dE, dG."""
+    dk = tl.zeros([BT, D], dtype=tl.float32)
     dA = tl.full([], 0.0, tl.float32)
     dE = tl.full([], 0.0, tl.float32)
     dG = tl.full([], 0.0, tl.float32)
@@ -156,8 +153,11 @@ def _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de,
         # h = act(z) feeds y = k + h W2^T (de) and u2 = e h^T (the c and m theta sums)
         dh = (_mm(de, b_w2, BF16, PREC) - _mm(c[:, None] * e, b_dw2, BF16, PREC)
               - _mm(wm[:, None] * e, b_ds2, BF16, PREC))
-        dz = dh * d1 + dg1 * _mm(e, b_w2, BF16, PREC) * d2
-        dk += _mm(dz, b_w1, BF16, PREC)
+        ew2 = _mm(e, b_w2, BF16, PREC)
+        dz = dh * d1 + dg1 * ew2 * d2
+        g1 = ew2 * d1
+        dk += (_mm(dz, b_w1, BF16, PREC) - _mm(c[:, None] * g1, b_dw1, BF16, PREC)
+               - _mm(wm[:, None] * g1, b_ds1, BF16, PREC))
         g_w1 = _mm(tl.trans(dz), b_k, BF16, PREC)
         g_w2 = _mm(tl.trans(de), hk, BF16, PREC) + _mm(tl.trans(e), dg1 * d1, BF16, PREC)
         b_s1 = tl.load(p_s1 + o_1)
@@ -203,12 +203,12 @@ def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, 
     o_t = tl.arange(0, BT)
     acc_y = _y_pass(p_w1, p_w2, b_k, 0, HID, D, HID, BE, BT, ACT, BF16, PREC)
     e = tl.where((o_t < n)[:, None], b_k.to(tl.float32) + acc_y - b_v.to(tl.float32), 0.0)
-    dk, de, dc, dwm = _de_pass(p_w1, p_w2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, c, wm, 0, HID, D, HID, BE, BT,
-                               ACT, BF16, PREC)
+    de, dc, dwm = _de_pass(p_w1, p_w2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, c, wm, 0, HID, D, HID, BE, BT, ACT,
+                           BF16, PREC)
     # C overwrites adjoint tiles that other threads read in B, and D re-reads what C wrote
     tl.debug_barrier()
-    dk, dA, dE, dG = _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de, dk, c, wm,
-                                  A, E, G, 0, HID, D, HID, BE, ACT, BF16, PREC)
+    dk, dA, dE, dG = _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de, c, wm, A, E,
+                                  G, 0, HID, D, HID, BE, BT, ACT, BF16, PREC)
     tl.debug_barrier()
     dq = _retrieval_pass(p_w1, p_w2, p_dw1, p_dw2, b_q, b_do, 0, HID, D, HID, BE, BT, ACT, BF16, PREC)
     return b_do.to(tl.float32) + dq, dk + de, -de, dc, dwm, dA, dE, dG
@@ -379,14 +379,17 @@ def titans_memory_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: 
     dcw = torch.empty(B * H, 2, T, device=q.device, dtype=torch.float32)
     dsc = torch.empty(B * H, n_chunks, 4, device=q.device, dtype=torch.float32)
     # imported here: the split kernel module builds on this one's helpers
-    from .chunk_bwd_split import titans_memory_bwd_split
+    from .chunk_bwd_split import bwd_split_per_sm, titans_memory_bwd_split
     from .chunk_fwd_split import split_programs
 
-    P = split_programs(q, depth, hidden, chunk_size, cfg) if cfg.get("split_bwd", 1) else 0
+    grads = (dq, dk, dv, dcw, dsc)
     with build_switches(cfg):
+        P = split_programs(q, depth, hidden, chunk_size, cfg, lambda P: bwd_split_per_sm(
+            q, k, v, coeffs, do, grads, ckpts, scratch, dws, dss, every, n_ck, P, chunk_size, activation,
+            cfg)) if cfg.get("split_bwd", 1) else 0
         if P:
-            titans_memory_bwd_split(q, k, v, coeffs, do, (dq, dk, dv, dcw, dsc), ckpts, scratch, dws, dss,
-                                    every, n_ck, P, chunk_size, activation, cfg)
+            titans_memory_bwd_split(q, k, v, coeffs, do, grads, ckpts, scratch, dws, dss, every, n_ck, P,
+                                    chunk_size, activation, cfg)
         else:
             titans_memory_bwd_kernel[(B * H,)](
                 q, k, v, *coeffs, do, dq, dk, dv, dcw, dsc, *ckpts, *scratch,

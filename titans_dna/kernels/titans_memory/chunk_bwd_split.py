@@ -23,13 +23,23 @@ timing. The interpreter runs it with P = 1 (see chunk_fwd_split.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
 
 from .chunk_bwd import _chunk_start_ptrs, _de_pass, _retrieval_pass, _reverse_segment, _update_pass, _y_pass
 from .chunk_fwd import _chunk_span, _load_coeffs, _load_rows, _mlp_update_tiles, _state_ptrs
-from .chunk_fwd_split import _barrier, _sum_shares, barrier_flags, register_cap
+from .chunk_fwd_split import (
+    _barrier,
+    _sum_shares,
+    barrier_flags,
+    cached_per_sm,
+    launched_programs,
+    packed,
+    register_cap,
+)
 
 
 @triton.jit
@@ -165,16 +175,16 @@ def titans_memory_bwd_split_kernel(
             if i_c + 1 < NC:
                 _flush(p_chain + ((i_c + 1) % 2) * P * SLOT, i_c + 1, i_p, i_b, i_h, i_bh, T, NC, dq, dk,
                        dcw, dsc, H, D, CS, BT, P, SLOT)
-            dk_p, de_p, dc, dwm = _de_pass(p_w1, p_w2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, c, wm, j_lo, j_hi,
-                                           D, HID, BE, BT, ACT, BF16, PREC)
+            de_p, dc, dwm = _de_pass(p_w1, p_w2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, c, wm, j_lo, j_hi, D,
+                                     HID, BE, BT, ACT, BF16, PREC)
             tl.store(p_own + DE + o_td, de_p)
             n_bar += 1
             _barrier(sync + i_bh, flag, n_bar * P)
             de = _sum_shares(p_part + DE, 0, BT, D, P, SLOT)
             p_dv = dv + (tok + o_t[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :]
             tl.store(p_dv, (-de).to(dv.dtype.element_ty), mask=((o_t // R == i_p) & (o_t < n))[:, None])
-            dk_p, dA, dE, dG = _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de,
-                                            dk_p, c, wm, A, E, G, j_lo, j_hi, D, HID, BE, ACT, BF16, PREC)
+            dk_p, dA, dE, dG = _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de, c,
+                                            wm, A, E, G, j_lo, j_hi, D, HID, BE, BT, ACT, BF16, PREC)
             tl.debug_barrier()  # the retrieval pass adds onto the adjoint tiles just written
             b_q = _load_rows(q + tok * D, n, D, BT, H * D)
             b_do = _load_rows(do + tok * D, n, D, BT, H * D)
@@ -194,6 +204,37 @@ def titans_memory_bwd_split_kernel(
     _flush(p_chain, 0, i_p, i_b, i_h, i_bh, T, NC, dq, dk, dcw, dsc, H, D, CS, BT, P, SLOT)
 
 
+def _bwd_split_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      coeffs: tuple[torch.Tensor, torch.Tensor], do: torch.Tensor,
+                      grads: tuple[torch.Tensor, ...], ckpts: list[torch.Tensor], scratch: list[torch.Tensor],
+                      dws: list[torch.Tensor], dss: list[torch.Tensor], every: int, n_ck: int, P: int,
+                      chunk_size: int, activation: str, cfg: dict) -> tuple[dict, Callable[[], tuple]]:
+    """The split backward's compile-time arguments and launch options, and a builder of its grid and runtime
+    arguments (with fresh exchange and barrier buffers)."""
+    B, T, H, D = q.shape
+    hidden = dws[0].shape[-2]
+    BT = cfg["BT"]
+    options = dict(H=H, D=D, HID=hidden, CS=chunk_size, BT=BT, EP=hidden // P, BE=min(cfg["BE"], hidden // P),
+                   P=P, ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"],
+                   num_warps=cfg.get("split_warps_bwd", 4 if packed(q, P) else 8), num_stages=1,
+                   **register_cap(cfg))
+
+    def build() -> tuple:
+        part = torch.empty(B * H, 2, P, 5 * BT * D + 2 * BT + 4, device=q.device, dtype=torch.float32)
+        sync = torch.zeros(B * H + 1, device=q.device, dtype=torch.int32)  # the last entry is the error flag
+        args = (q, k, v, *coeffs, do, *grads, *ckpts, *scratch, dws[0], dws[1], dss[0], dss[1], part, sync,
+                sync[B * H:], T, every, n_ck)
+        return (B * H * P,), args
+
+    return options, build
+
+
+def bwd_split_per_sm(*call) -> int:
+    """`programs_per_sm` of the split backward built for titans_memory_bwd_split's arguments `call`."""
+    options, build = _bwd_split_launch(*call)
+    return cached_per_sm(titans_memory_bwd_split_kernel, options, call[0], build)
+
+
 def titans_memory_bwd_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             coeffs: tuple[torch.Tensor, torch.Tensor], do: torch.Tensor,
                             grads: tuple[torch.Tensor, ...], ckpts: list[torch.Tensor],
@@ -202,16 +243,9 @@ def titans_memory_bwd_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             ) -> None:
     """Launch the split backward (arguments as titans_memory_bwd's, with `grads` its (dq, dk, dv, dcw, dsc)
     outputs and `scratch` its chunk-start state buffers); fills grads, and dws, dss in place."""
-    B, T, H, D = q.shape
-    hidden = dws[0].shape[-2]
-    BT = cfg["BT"]
-    part = torch.empty(B * H, 2, P, 5 * BT * D + 2 * BT + 4, device=q.device, dtype=torch.float32)
-    sync = torch.zeros(B * H + 1, device=q.device, dtype=torch.int32)  # the last entry is the error flag
-    barrier_flags["bwd"] = sync[B * H:]
-    titans_memory_bwd_split_kernel[(B * H * P,)](
-        q, k, v, *coeffs, do, *grads, *ckpts, *scratch, dws[0], dws[1], dss[0], dss[1], part, sync,
-        sync[B * H:], T, every, n_ck,
-        H=H, D=D, HID=hidden, CS=chunk_size, BT=BT, EP=hidden // P, BE=min(cfg["BE"], hidden // P), P=P,
-        ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"],
-        num_warps=cfg.get("split_warps_bwd", 4), num_stages=1, **register_cap(cfg),
-    )
+    options, build = _bwd_split_launch(q, k, v, coeffs, do, grads, ckpts, scratch, dws, dss, every, n_ck, P,
+                                       chunk_size, activation, cfg)
+    grid, args = build()
+    barrier_flags["bwd"] = args[-4]  # the error flag, sync[B * H:]
+    launched_programs["bwd"] = P
+    titans_memory_bwd_split_kernel[grid](*args, **options)

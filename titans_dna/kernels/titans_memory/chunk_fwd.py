@@ -340,9 +340,9 @@ def titans_memory_fwd_kernel(
 
 
 # Overrides of kernel_config's choices (keys BE_F, BE, num_warps[_bwd], num_stages[_bwd], BF16, PREC,
-# wgmma; for the split kernels split, split_bwd, split_be, split_warps[_bwd], split_maxnreg), empty in normal
-# use: the benchmark sweeps tile sizes, warps and dot precisions through it (bench/memory_kernels.py
-# --sweep), and TITANS_DNA_KERNEL_TUNING (a JSON object) sets it for a whole run.
+# wgmma; for the split kernels split, split_bwd, split_be, split_pack, split_warps[_bwd], split_maxnreg),
+# empty in normal use: the benchmark sweeps tile sizes, warps and dot precisions through it
+# (bench/memory_kernels.py --sweep), and TITANS_DNA_KERNEL_TUNING (a JSON object) sets it for a whole run.
 TUNING: dict = json.loads(os.environ.get("TITANS_DNA_KERNEL_TUNING") or "{}")
 
 
@@ -455,14 +455,15 @@ def titans_memory_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         if depth == 1:  # the kernel reads layer 2 only for depth 2
             ck = [ck[0], ck[0], ck[1], ck[1]]
     # imported here: the split kernel module builds on this one's helpers
-    from .chunk_fwd_split import split_programs, titans_memory_fwd_split
+    from .chunk_fwd_split import fwd_split_per_sm, split_programs, titans_memory_fwd_split
 
-    P = split_programs(q, depth, hidden, chunk_size, cfg)
-    if P:
-        with build_switches(cfg):
+    with build_switches(cfg):
+        P = split_programs(q, depth, hidden, chunk_size, cfg, lambda P: fwd_split_per_sm(
+            q, k, v, coeffs, ws, ss, ck, every, n_ck, P, chunk_size, activation, save, cfg))
+        if P:
             o = titans_memory_fwd_split(q, k, v, coeffs, ws, ss, ck, every, n_ck, P, chunk_size, activation,
                                         save, cfg)
-        return o, ck if save else []
+            return o, ck if save else []
     o = torch.empty_like(q)
     with build_switches(cfg):
         titans_memory_fwd_kernel[(B * H,)](

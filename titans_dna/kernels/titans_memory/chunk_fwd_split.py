@@ -26,6 +26,8 @@ with P = 1 the same code runs there (each barrier is passed by the program's own
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Callable
 
 import torch
 import triton
@@ -138,24 +140,65 @@ def titans_memory_fwd_split_kernel(
 
 # the last launch's error flag (int32 [1]) of each split kernel, "fwd" and "bwd"
 barrier_flags: dict[str, torch.Tensor] = {}
+# the last launch's programs per chain, P, of each split kernel
+launched_programs: dict[str, int] = {}
 
 
 @functools.cache
 def _resident_programs(device: torch.device) -> int:
-    """Programs of a split launch that are surely resident at once: one per SM."""
+    """The card's SMs: a split launch of at most one program per SM is resident at once."""
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tuning: dict) -> int:
+def packed(q: torch.Tensor, P: int) -> bool:
+    """Whether a split launch of P programs per chain puts more than one program on some SM."""
+    return q.device.type == "cuda" and q.shape[0] * q.shape[2] * P > _resident_programs(q.device)
+
+
+def programs_per_sm(compiled) -> int:
+    """How many programs of a compiled kernel one SM holds at once, from the registers ptxas gave it
+    (allocated per warp in units of 256), its shared memory and its warps (64 per SM). The per-block limits
+    the driver reports stand in for the SM's: the same 64 Ki registers and 1 KiB less shared memory on
+    sm_90, so the count never overstates. 1 where this Triton does not say."""
+    try:
+        compiled._init_handles()  # loading the module is what reports its registers
+        utils = triton.runtime.driver.active.utils
+        props = utils.get_device_properties(triton.runtime.driver.active.get_current_device())
+        warps = compiled.metadata.num_warps
+        regs = -(-compiled.n_regs * 32 // 256) * 256 * warps
+        smem = compiled.metadata.shared + 1024  # the driver reserves 1 KiB per block
+        return max(1, min(props["max_num_regs"] // regs, props["max_shared_mem"] // smem, 64 // warps))
+    except AttributeError:
+        return 1
+
+
+# programs_per_sm of each split kernel build (kernel, input dtype and device, options, build switch)
+_PER_SM: dict[tuple, int] = {}
+
+
+def cached_per_sm(kernel, options: dict, q: torch.Tensor, call: Callable[[], tuple]) -> int:
+    """`programs_per_sm` of `kernel` built with `options` for inputs of q's dtype and device; `call` gives the
+    grid and arguments it is compiled for, on the first ask only (a launch's buffers are not free)."""
+    key = (kernel, q.dtype, q.device, tuple(sorted(options.items())), os.environ.get("DISABLE_MMA_V3"))
+    if key not in _PER_SM:
+        grid, args = call()
+        _PER_SM[key] = programs_per_sm(kernel.warmup(*args, grid=grid, **options))
+    return _PER_SM[key]
+
+
+def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tuning: dict,
+                   per_sm: Callable[[int], int] = lambda P: 1) -> int:
     """P, the programs per chain of a split launch (forward, and the backward unless tuning "split_bwd" is 0),
     or 0 for the persistent kernel.
 
     Depth 2 only (a matrix memory's rows are independent: no sharing to split). P = hidden / BE for the
-    tile BE = 32, else 64 (tuning "split_be" fixes it), whose B * H * P programs fit one per SM, with
-    P >= 2 (16-unit tiles were no faster than 32: 23.1 against 21.6 ms at 128k x 1 on an H200); P must
-    divide the chunk tile's rows (each program writes BT / P output rows). tuning "split": 0 turns the
-    split off, 1 also turns it on in the CPU interpreter, with P = 1 (its programs run one after another,
-    so P > 1 would wait forever at the first barrier).
+    tile BE = 32, else 64 (tuning "split_be" fixes it), with P >= 2 (16-unit tiles were no faster than 32:
+    23.1 against 21.6 ms at 128k x 1 on an H200), whose B * H * P programs are all resident at once: one per
+    SM, or `per_sm(P)` per SM (the kernel built for P, `programs_per_sm`) unless tuning "split_pack" is 0.
+    Two programs per SM take the backward's 4 x 32k chains from P = 4 to 8 (BENCHMARKS.md). P must divide the
+    chunk tile's rows (each program writes BT / P output rows). tuning "split": 0 turns the split off, 1
+    also turns it on in the CPU interpreter, with P = 1 (its programs run one after another, so P > 1 would
+    wait forever at the first barrier).
     """
     if depth != 2 or tuning.get("split") == 0:
         return 0
@@ -165,7 +208,9 @@ def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tu
     BT = max(16, triton.next_power_of_2(chunk_size))
     for be in ([tuning["split_be"]] if "split_be" in tuning else [32, 64]):
         P = hidden // be
-        if 2 <= P <= BT and hidden % be == 0 and chains * P <= room:
+        if not (2 <= P <= BT and hidden % be == 0):
+            continue
+        if chains * P <= room or (tuning.get("split_pack", 1) and chains * P <= room * per_sm(P)):
             return P
     return 0
 
@@ -180,23 +225,47 @@ def register_cap(cfg: dict) -> dict:
     return {"maxnreg": cap} if cap and not interpreting() else {}
 
 
+def _fwd_split_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      coeffs: tuple[torch.Tensor, torch.Tensor], ws: list[torch.Tensor],
+                      ss: list[torch.Tensor], ck: list[torch.Tensor], every: int, n_ck: int, P: int,
+                      chunk_size: int, activation: str, save: bool, cfg: dict,
+                      ) -> tuple[dict, Callable[[], tuple]]:
+    """The split forward's compile-time arguments and launch options, and a builder of its grid and runtime
+    arguments (with fresh o, scratch and barrier buffers)."""
+    B, T, H, D = q.shape
+    hidden = ws[0].shape[-2]
+    BT = max(16, triton.next_power_of_2(chunk_size))
+    options = dict(H=H, D=D, HID=hidden, CS=chunk_size, BT=BT, BE=hidden // P, P=P,
+                   ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"], SAVE=save,
+                   num_warps=cfg.get("split_warps", 4), num_stages=1, **register_cap(cfg))
+
+    def build() -> tuple:
+        part = torch.empty(B * H, 2, P, 2, BT, D, device=q.device, dtype=torch.float32)
+        sync = torch.zeros(B * H + 1, device=q.device, dtype=torch.int32)  # the last entry is the error flag
+        o = torch.empty_like(q)
+        args = (q, k, v, *coeffs, o, ws[0], ws[1], ss[0], ss[1], *ck, part, sync, sync[B * H:], T, every,
+                n_ck)
+        return (B * H * P,), args
+
+    return options, build
+
+
+def fwd_split_per_sm(*call) -> int:
+    """`programs_per_sm` of the split forward built for titans_memory_fwd_split's arguments `call`."""
+    options, build = _fwd_split_launch(*call)
+    return cached_per_sm(titans_memory_fwd_split_kernel, options, call[0], build)
+
+
 def titans_memory_fwd_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             coeffs: tuple[torch.Tensor, torch.Tensor], ws: list[torch.Tensor],
                             ss: list[torch.Tensor], ck: list[torch.Tensor], every: int, n_ck: int, P: int,
                             chunk_size: int, activation: str, save: bool, cfg: dict) -> torch.Tensor:
     """Launch the split forward (arguments as titans_memory_fwd, with `ck` its checkpoint buffers and `cfg`
     its kernel_config). Returns o; the state in ws, ss is updated in place."""
-    B, T, H, D = q.shape
-    hidden = ws[0].shape[-2]
-    BT = max(16, triton.next_power_of_2(chunk_size))
-    part = torch.empty(B * H, 2, P, 2, BT, D, device=q.device, dtype=torch.float32)
-    sync = torch.zeros(B * H + 1, device=q.device, dtype=torch.int32)  # the last entry is the error flag
-    barrier_flags["fwd"] = sync[B * H:]
-    o = torch.empty_like(q)
-    titans_memory_fwd_split_kernel[(B * H * P,)](
-        q, k, v, *coeffs, o, ws[0], ws[1], ss[0], ss[1], *ck, part, sync, sync[B * H:], T, every, n_ck,
-        H=H, D=D, HID=hidden, CS=chunk_size, BT=BT, BE=hidden // P, P=P,
-        ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"], SAVE=save,
-        num_warps=cfg.get("split_warps", 4), num_stages=1, **register_cap(cfg),
-    )
-    return o
+    options, build = _fwd_split_launch(q, k, v, coeffs, ws, ss, ck, every, n_ck, P, chunk_size, activation,
+                                       save, cfg)
+    grid, args = build()
+    barrier_flags["fwd"] = args[-4]  # the error flag, sync[B * H:]
+    launched_programs["fwd"] = P
+    titans_memory_fwd_split_kernel[grid](*args, **options)
+    return args[5]  # o

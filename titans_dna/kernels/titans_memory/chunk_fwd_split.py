@@ -150,6 +150,11 @@ def _resident_programs(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _capturing() -> bool:
+    """Whether the current CUDA stream is capturing a graph."""
+    return torch.cuda.is_current_stream_capturing()
+
+
 def packed(q: torch.Tensor, P: int) -> bool:
     """Whether a split launch of P programs per chain puts more than one program on some SM."""
     return q.device.type == "cuda" and q.shape[0] * q.shape[2] * P > _resident_programs(q.device)
@@ -194,7 +199,8 @@ def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tu
     Depth 2 only (a matrix memory's rows are independent: no sharing to split). P = hidden / BE for the
     tile BE = 32, else 64 (tuning "split_be" fixes it), with P >= 2 (16-unit tiles were no faster than 32:
     23.1 against 21.6 ms at 128k x 1 on an H200), whose B * H * P programs are all resident at once: one per
-    SM, or `per_sm(P)` per SM (the kernel built for P, `programs_per_sm`) unless tuning "split_pack" is 0.
+    SM, or `per_sm(P)` per SM (the kernel built for P, `programs_per_sm`) unless tuning "split_pack" is 0 or
+    a CUDA graph is being captured.
     Two programs per SM take the backward's 4 x 32k chains from P = 4 to 8 (BENCHMARKS.md). P must divide the
     chunk tile's rows (each program writes BT / P output rows). tuning "split": 0 turns the split off, 1
     also turns it on in the CPU interpreter, with P = 1 (its programs run one after another, so P > 1 would
@@ -210,7 +216,11 @@ def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tu
         P = hidden // be
         if not (2 <= P <= BT and hidden % be == 0):
             continue
-        if chains * P <= room or (tuning.get("split_pack", 1) and chains * P <= room * per_sm(P)):
+        if chains * P <= room:
+            return P
+        # a graph may run several layers' launches at once: a packed grid, which fills every SM, would keep
+        # their programs from being resident together, so graphs keep one program per SM
+        if tuning.get("split_pack", 1) and not _capturing() and chains * P <= room * per_sm(P):
             return P
     return 0
 

@@ -291,7 +291,7 @@ def test_split_programs_choice(monkeypatch):
     from titans_dna.kernels.titans_memory import chunk_fwd_split as split
 
     monkeypatch.setattr(split, "_resident_programs", lambda device: 132)
-    monkeypatch.setattr(split, "_capturing", lambda: False)
+    monkeypatch.setattr(split, "_beside_others", lambda q: False)
     asked = []
 
     def two_per_sm(P: int) -> int:
@@ -305,9 +305,9 @@ def test_split_programs_choice(monkeypatch):
     assert split.split_programs(cuda_q, 2, 256, 64, {}) == 4
     assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm) == 8 and asked == [8]  # 256 <= 264
     assert split.split_programs(cuda_q, 2, 256, 64, {"split_pack": 0}, two_per_sm) == 4
-    monkeypatch.setattr(split, "_capturing", lambda: True)  # a graph keeps one program per SM
+    monkeypatch.setattr(split, "_beside_others", lambda q: True)  # a graph or side stream: one per SM
     assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm) == 4
-    monkeypatch.setattr(split, "_capturing", lambda: False)
+    monkeypatch.setattr(split, "_beside_others", lambda q: False)
     cuda_q.shape = (16, 1024, 8, 64)  # 128 chains: 2 programs each fit only two to an SM
     assert split.split_programs(cuda_q, 2, 256, 64, {}) == 0
     assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm) == 0  # P = 8 and 4 would need 4 and 2

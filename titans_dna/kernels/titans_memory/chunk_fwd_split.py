@@ -150,9 +150,12 @@ def _resident_programs(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _capturing() -> bool:
-    """Whether the current CUDA stream is capturing a graph."""
-    return torch.cuda.is_current_stream_capturing()
+def _beside_others(q: torch.Tensor) -> bool:
+    """Whether a launch now may run beside other split launches: it is on a stream other than the device's
+    default one, as in a graph capture or the wavefront's stream per layer. A packed grid fills every SM, so
+    two at once (or one beside another split launch) could each hold SMs that the other's waiting programs
+    need, and their barriers would stay shut."""
+    return torch.cuda.current_stream(q.device) != torch.cuda.default_stream(q.device)
 
 
 def packed(q: torch.Tensor, P: int) -> bool:
@@ -200,7 +203,7 @@ def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tu
     tile BE = 32, else 64 (tuning "split_be" fixes it), with P >= 2 (16-unit tiles were no faster than 32:
     23.1 against 21.6 ms at 128k x 1 on an H200), whose B * H * P programs are all resident at once: one per
     SM, or `per_sm(P)` per SM (the kernel built for P, `programs_per_sm`) unless tuning "split_pack" is 0 or
-    a CUDA graph is being captured.
+    the launch may run beside others (`_beside_others`: graph captures and side streams keep one per SM).
     Two programs per SM take the backward's 4 x 32k chains from P = 4 to 8 (BENCHMARKS.md). P must divide the
     chunk tile's rows (each program writes BT / P output rows). tuning "split": 0 turns the split off, 1
     also turns it on in the CPU interpreter, with P = 1 (its programs run one after another, so P > 1 would
@@ -216,11 +219,9 @@ def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tu
         P = hidden // be
         if not (2 <= P <= BT and hidden % be == 0):
             continue
-        if chains * P <= room:
+        if not packed(q, P):
             return P
-        # a graph may run several layers' launches at once: a packed grid, which fills every SM, would keep
-        # their programs from being resident together, so graphs keep one program per SM
-        if tuning.get("split_pack", 1) and not _capturing() and chains * P <= room * per_sm(P):
+        if tuning.get("split_pack", 1) and not _beside_others(q) and chains * P <= room * per_sm(P):
             return P
     return 0
 

@@ -158,7 +158,7 @@ def _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de,
         g1 = ew2 * d1
         dk += (_mm(dz, b_w1, BF16, PREC) - _mm(c[:, None] * g1, b_dw1, BF16, PREC)
                - _mm(wm[:, None] * g1, b_ds1, BF16, PREC))
-        g_w1 = _mm(tl.trans(dz), b_k, BF16, PREC)
+        g_w1 = tl.trans(_mm(tl.trans(b_k), dz, BF16, PREC))  # a tall dot: see _mm
         g_w2 = _mm(tl.trans(de), hk, BF16, PREC) + _mm(tl.trans(e), dg1 * d1, BF16, PREC)
         b_s1 = tl.load(p_s1 + o_1)
         b_s2 = tl.load(p_s2 + o_2)
@@ -188,7 +188,8 @@ def _retrieval_pass(p_w1, p_w2, p_dw1, p_dw2, b_q, b_do, j_lo, j_hi, D: tl.const
         hq, dq1, _ = _act(_mm(b_q, tl.trans(b_w1), BF16, PREC), ACT)
         dzq = _mm(b_do, b_w2, BF16, PREC) * dq1
         dq += _mm(dzq, b_w1, BF16, PREC)
-        tl.store(p_dw1 + o_1, tl.load(p_dw1 + o_1) + _mm(tl.trans(dzq), b_q, BF16, PREC))
+        # a tall dot: see _mm
+        tl.store(p_dw1 + o_1, tl.load(p_dw1 + o_1) + tl.trans(_mm(tl.trans(b_q), dzq, BF16, PREC)))
         tl.store(p_dw2 + o_2, tl.load(p_dw2 + o_2) + _mm(tl.trans(b_do), hq, BF16, PREC))
     return dq
 

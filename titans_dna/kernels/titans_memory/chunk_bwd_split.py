@@ -183,20 +183,22 @@ def titans_memory_bwd_split_kernel(
             de = _sum_shares(p_part + DE, 0, BT, D, P, SLOT)
             p_dv = dv + (tok + o_t[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :]
             tl.store(p_dv, (-de).to(dv.dtype.element_ty), mask=((o_t // R == i_p) & (o_t < n))[:, None])
+            # stored as soon as they are known: fewer blocks stay live through the later passes
+            tl.store(p_own + VEC + o_t, dc)
+            tl.store(p_own + VEC + BT + o_t, dwm)
             dk_p, dA, dE, dG = _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de, c,
                                             wm, A, E, G, j_lo, j_hi, D, HID, BE, BT, ACT, BF16, PREC)
+            if i_p == 0:  # the identity paths, counted once
+                dk_p += de
+            tl.store(p_own + DK + o_td, dk_p)
             tl.debug_barrier()  # the retrieval pass adds onto the adjoint tiles just written
             b_q = _load_rows(q + tok * D, n, D, BT, H * D)
             b_do = _load_rows(do + tok * D, n, D, BT, H * D)
             dq_p = _retrieval_pass(p_w1, p_w2, p_dw1, p_dw2, b_q, b_do, j_lo, j_hi, D, HID, BE, BT, ACT, BF16,
                                    PREC)
-            if i_p == 0:  # the identity paths, counted once
+            if i_p == 0:
                 dq_p += b_do.to(tl.float32)
-                dk_p += de
             tl.store(p_own + DQ + o_td, dq_p)
-            tl.store(p_own + DK + o_td, dk_p)
-            tl.store(p_own + VEC + o_t, dc)
-            tl.store(p_own + VEC + BT + o_t, dwm)
             tl.store(p_own + SCAL + o_s, tl.where(o_s == 0, dA, tl.where(o_s == 1, dE,
                                                                            tl.where(o_s == 2, dG, 0.0))))
     n_bar += 1
@@ -214,10 +216,13 @@ def _bwd_split_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     B, T, H, D = q.shape
     hidden = dws[0].shape[-2]
     BT = cfg["BT"]
-    options = dict(H=H, D=D, HID=hidden, CS=chunk_size, BT=BT, EP=hidden // P, BE=min(cfg["BE"], hidden // P),
-                   P=P, ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"],
-                   num_warps=cfg.get("split_warps_bwd", 4 if packed(q, P) else 8), num_stages=1,
-                   **register_cap(cfg))
+    warps = cfg.get("split_warps_bwd", 4 if packed(q, P) else 8)
+    # tiles of 16 units spill less at 4 warps (H200, 4 x 32k, P = 8: 53.5 against 60.2 ms fwd+bwd), 32 do
+    # better at 8 (1 x 128k: 126.8 against 139.2)
+    tile = cfg.get("split_tile_bwd", 16 if warps == 4 else cfg["BE"])
+    options = dict(H=H, D=D, HID=hidden, CS=chunk_size, BT=BT, EP=hidden // P, BE=min(tile, hidden // P), P=P,
+                   ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"], num_warps=warps,
+                   num_stages=1, **register_cap(cfg))
 
     def build() -> tuple:
         part = torch.empty(B * H, 2, P, 5 * BT * D + 2 * BT + 4, device=q.device, dtype=torch.float32)

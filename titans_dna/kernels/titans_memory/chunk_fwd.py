@@ -30,10 +30,20 @@ INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit
+def _round_bf16(x):
+    """float32 x rounded to the nearest bf16 (ties to even), kept in float32. The CPU interpreter's own
+    conversion to bf16 truncates, which biases every rounded value by -2^-9 on average, where the GPU rounds to
+    nearest; over a long recurrence that bias grew the interpreter's errors to several times the GPU's."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _mm(a, b, BF16: tl.constexpr, PREC: tl.constexpr):
     """a @ b with float32 accumulation. BF16 = 0: float32 operands at PREC; 1: bf16 operands (the fast
-    path); 2: bf16-rounded operands in a float32 dot (the same numbers, for the CPU interpreter, whose
-    bf16 dot is wrong).
+    path); 2: operands rounded to bf16 as the GPU rounds them (`_round_bf16`), in a float32 dot: the same
+    numbers, for the CPU interpreter, whose bf16 dot is wrong.
 
     Callers keep every dot at least as tall as it is wide (a wide one, such as (c g1)^T k, is written
     (k^T (c g1))^T). Triton gives a chain of mma.sync dots the warp layout of the first it places, and a
@@ -42,7 +52,7 @@ def _mm(a, b, BF16: tl.constexpr, PREC: tl.constexpr):
     if BF16 == 1:
         out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
     elif BF16 == 2:
-        out = tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), input_precision=PREC)
+        out = tl.dot(_round_bf16(a.to(tl.float32)), _round_bf16(b.to(tl.float32)), input_precision=PREC)
     else:
         out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
     return out

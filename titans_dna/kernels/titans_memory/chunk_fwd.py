@@ -32,8 +32,8 @@ INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 @triton.jit
 def _round_bf16(x):
     """float32 x rounded to the nearest bf16 (ties to even), kept in float32. The CPU interpreter's own
-    conversion to bf16 truncates, which biases every rounded value by -2^-9 on average, where the GPU rounds to
-    nearest; over a long recurrence that bias grew the interpreter's errors to several times the GPU's."""
+    conversion to bf16 truncates, which biases every rounded value by -2^-9 on average, where the GPU rounds
+    to nearest; over a long recurrence that bias grew the interpreter's errors to several times the GPU's."""
     bits = x.to(tl.uint32, bitcast=True)
     bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
     return bits.to(tl.float32, bitcast=True)

@@ -356,8 +356,7 @@ def titans_memory_fwd_kernel(
 
 # Overrides of kernel_config's choices (keys BE_F, BE, num_warps[_bwd], num_stages[_bwd], BF16, PREC,
 # wgmma; for the split kernels split, split_bwd, split_be, split_pack, split_warps[_bwd], split_tile_bwd,
-# split_maxnreg),
-# empty in normal use: the benchmark sweeps tile sizes, warps and dot precisions through it
+# split_maxnreg), empty in normal use: the benchmark sweeps tile sizes, warps and dot precisions through it
 # (bench/memory_kernels.py --sweep), and TITANS_DNA_KERNEL_TUNING (a JSON object) sets it for a whole run.
 TUNING: dict = json.loads(os.environ.get("TITANS_DNA_KERNEL_TUNING") or "{}")
 
@@ -480,8 +479,7 @@ def titans_memory_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             o = titans_memory_fwd_split(q, k, v, coeffs, ws, ss, ck, every, n_ck, P, chunk_size, activation,
                                         save, cfg)
             return o, ck if save else []
-    o = torch.empty_like(q)
-    with build_switches(cfg):
+        o = torch.empty_like(q)
         titans_memory_fwd_kernel[(B * H,)](
             q, k, v, *coeffs, o, w1, w2, s1, s2, *ck, T, every, n_ck,
             H=H, D=D, HID=hidden, CS=chunk_size, BT=cfg["BT"], BE=cfg["BE_F"], DEPTH=depth,

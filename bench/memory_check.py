@@ -140,14 +140,26 @@ def grads_of(op, xs, ws, state, dtype, do, dstate, **kw):
     return out
 
 
-def run_check(path: Path) -> None:
-    """Relative error ||ours - ref|| / ||ref|| of every output and gradient vs the float64 reference."""
+def checks_named(names: str) -> list[int]:
+    """Indices of the CHECKS whose names are in `names`, separated by ";" (names hold commas); all of them for
+    an empty string."""
+    wanted = [n.strip() for n in names.split(";") if n.strip()]
+    unknown = set(wanted) - {c[0] for c in CHECKS}
+    if unknown:
+        raise SystemExit(f"unknown check cases {sorted(unknown)}; known: {[c[0] for c in CHECKS]}")
+    return [i for i, c in enumerate(CHECKS) if not wanted or c[0] in wanted]
+
+
+def run_check(path: Path, names: str = "") -> None:
+    """Relative error ||ours - ref|| / ||ref|| of every output and gradient vs the float64 reference, for the
+    CHECKS named in `names` (all by default)."""
     import torch
 
     from titans_dna.kernels.titans_memory.chunk import chunk_titans_memory
     from titans_dna.kernels.titans_memory.naive import naive_chunk_titans_memory
     rows = []
-    for i, cfg in enumerate(CHECKS):
+    for i in checks_named(names):
+        cfg = CHECKS[i]
         xs, ws, state = check_inputs_for(cfg, seed=1000 + i)
         kw = dict(chunk_size=cfg[7], activation=cfg[8])
         do = torch.randn_like(xs[0])

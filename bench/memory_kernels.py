@@ -39,6 +39,7 @@ from memory_check import (  # noqa: E402 - the bench folder is the script's own
     HEADS,
     GiB,
     check_inputs_for,
+    checks_named,
     finite,
     grads_of,
     memory_inputs,
@@ -497,6 +498,7 @@ def main(argv=None) -> int:
     p.add_argument("--long", default=",".join(map(str, LONG)), help="batch-1 forward lengths ('' for none)")
     p.add_argument("--long-peers", default="ours,naive,fla_gdn,sdpa", help="peers that run the long lengths")
     p.add_argument("--check", action="store_true", help="correctness vs the float64 reference first")
+    p.add_argument("--check-cases", default="", help="check case names, separated by ';' (default: all)")
     p.add_argument("--stability", action="store_true", help="1M-token stability run")
     p.add_argument("--sweep", default="", help="JSON list of kernel_config overrides to time (ours, bf16)")
     p.add_argument("--sweep-lengths", default="32768,131072", help="lengths for --sweep")
@@ -514,7 +516,8 @@ def main(argv=None) -> int:
     long = [int(x) for x in a.long.split(",") if x]
     if a.task:
         task = {"peer": lambda: run_peer(a.peer, ints, long, Path(a.json)),
-                "check": lambda: run_check(Path(a.json)), "stability": lambda: run_stability(Path(a.json)),
+                "check": lambda: run_check(Path(a.json), a.check_cases),
+                "stability": lambda: run_stability(Path(a.json)),
                 "peak": lambda: run_peak(Path(a.json)),
                 "compile": lambda: run_compile(a.cfg, a.dtype, json.loads(a.variant)),
                 "sweep": lambda: run_sweep(json.loads(a.variant), ints, Path(a.json))}
@@ -527,7 +530,7 @@ def main(argv=None) -> int:
         child(["--task", "peak", "--json", str(out / "peak.json")], 120, log)
         res["peak"] = load(out / "peak.json")
         variants = json.loads(a.sweep) if a.sweep else []
-        jobs = [(i, d, "{}") for i, c in enumerate(CHECKS) for d in c[10]] if a.check else []
+        jobs = [(i, d, "{}") for i in checks_named(a.check_cases) for d in CHECKS[i][10]] if a.check else []
         jobs += [(0, "bfloat16", json.dumps(v)) for v in variants]
         if "ours" in a.peers and not a.check:
             jobs.append((0, "bfloat16", "{}"))
@@ -536,7 +539,8 @@ def main(argv=None) -> int:
             print(f"[bench] precompiled {len(jobs)} configurations in {res['precompile_s']:.0f} s",
                   flush=True)
         if a.check:
-            child(["--task", "check", "--json", str(out / "check.json")], 240, log)
+            child(["--task", "check", "--json", str(out / "check.json"), "--check-cases", a.check_cases], 240,
+                  log)
             res["check"] = load(out / "check.json")
         for i, v in enumerate(variants):
             path = out / f"sweep_{i}.json"

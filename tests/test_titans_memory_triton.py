@@ -176,10 +176,34 @@ def test_chunk_matches_reference(ops, seed, split, depth, T, D, expansion, chunk
 
 
 @interpreted_only
+@pytest.mark.parametrize("every", [1, 3])
+def test_checkpoint_spacing(ops, seed, split, every, monkeypatch):
+    """Checkpoints every chunk (no recompute in the backward) or every 3 of 5 chunks (a short last segment):
+    the same results as the reference."""
+    from titans_dna.kernels.titans_memory import chunk_fwd
+
+    monkeypatch.setitem(chunk_fwd.TUNING, "ckpt_every", every)
+    chunk_mod, _ = ops
+    B, T, H, D = 1, 75, 2, 16
+    xs, weights, state = make_inputs(B, T, H, D, 2, 2, True)
+    do = torch.randn(B, T, H, D, dtype=torch.float64)
+    dstate = [torch.randn(B, *w.shape, dtype=torch.float64) for w in weights] * 2
+    kw = dict(chunk_size=16)
+    ref = run_with_grads(naive_chunk_titans_memory, xs, weights, state, torch.float64, do, dstate, **kw)
+    got = run_with_grads(chunk_mod.chunk_titans_memory, xs, weights, state, torch.float32, do, dstate, **kw)
+    assert chunk_fwd.checkpoint_every(5) == every
+    assert_close(got, ref, 2e-5, gate_tol=1e-4)
+
+
+@interpreted_only
+@pytest.mark.parametrize("exact", [0, 1], ids=["bf16-dots", "bwd-exact"])
 @pytest.mark.parametrize("gate_dtype", [None, torch.float32], ids=["all-bf16", "autocast"])
-def test_chunk_bf16(ops, seed, split, gate_dtype):
+def test_chunk_bf16(ops, seed, split, gate_dtype, exact, monkeypatch):
     """bf16 inputs against the float64 reference on the same rounded values: all of them, or q, k, v only
     with float32 gates and W_0 (what the model passes under autocast)."""
+    from titans_dna.kernels.titans_memory import chunk_fwd
+
+    monkeypatch.setitem(chunk_fwd.TUNING, "bwd_exact", exact)  # float32 operands in the state dots
     chunk_mod, _ = ops
     B, T, H, D = 1, 40, 2, 16
     xs, weights, _ = make_inputs(B, T, H, D, 2, 2, False)
@@ -326,10 +350,12 @@ def test_split_programs_choice(monkeypatch):
     cuda_q = type("Q", (), {"shape": (1, 1024, 8, 64), "device": torch.device("cuda")})()
     assert split.split_programs(cuda_q, 2, 256, 64, {}) == 8
     assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm) == 8 and not asked  # fits one per SM
+    assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm, narrow=True) == 16 and not asked
     cuda_q.shape = (4, 1024, 8, 64)  # 32 chains: 4 programs each fit 132 SMs, 8 do not
     assert split.split_programs(cuda_q, 2, 256, 64, {}) == 4
     assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm) == 8 and asked == [8]  # 256 <= 264
     assert split.split_programs(cuda_q, 2, 256, 64, {"split_pack": 0}, two_per_sm) == 4
+    assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm, narrow=True) == 8  # 16 only one per SM
     monkeypatch.setattr(split, "_beside_others", lambda q: True)  # a graph or side stream: one per SM
     assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm) == 4
     monkeypatch.setattr(split, "_beside_others", lambda q: False)

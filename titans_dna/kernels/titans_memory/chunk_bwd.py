@@ -35,8 +35,21 @@ from .chunk_fwd import (
     _tile_offs,
     build_switches,
     checkpoint_every,
+    interpreting,
     kernel_config,
 )
+
+
+def exact_backward(cfg: dict) -> dict:
+    """XB, XPREC: the dot mode of the depth-2 backward's passes C and D on state tiles and of their weight
+    gradients. tuning "bwd_exact" runs them on float32 operands where the inputs are bf16, at the dot
+    precision it names (1: bf16x3; ieee in the CPU interpreter): those 12 dots hold most of the bf16 error of
+    dL/dW_0 on the active-memory check (BENCHMARKS.md, CPU interpreter at 8k tokens: 1.70e-2, 8.6e-3 with
+    them exact). The other dots stay as the inputs are."""
+    mode = cfg.get("bwd_exact")
+    if mode and cfg["BF16"]:
+        return dict(XB=0, XPREC="ieee" if interpreting() else "bf16x3" if mode == 1 else mode)
+    return dict(XB=cfg["BF16"], XPREC=cfg["PREC"])
 
 
 @triton.jit
@@ -129,7 +142,8 @@ def _de_pass(p_w1, p_w2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, c, wm, j_lo, j_hi, 
 @triton.jit
 def _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de, c, wm, A, E, G, j_lo, j_hi,
                  D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr, ACT: tl.constexpr,
-                 BF16: tl.constexpr, PREC: tl.constexpr):
+                 BF16: tl.constexpr, PREC: tl.constexpr,
+                 XB: tl.constexpr, XPREC: tl.constexpr):
     """Pass C over hidden units j_lo..j_hi: dh, dz, the local weight gradients and the adjoint update, in
     place, and the keys' gradient through u1 = (c g1)^T k, (m theta g1)^T k (from the adjoint before the
     update, which this pass holds anyway). Returns their share of dk and of dA, dE, dG."""
@@ -146,20 +160,20 @@ def _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de,
         b_ds1 = tl.load(p_ds1 + o_1)
         b_dw2 = tl.load(p_dw2 + o_2)
         b_ds2 = tl.load(p_ds2 + o_2)
-        z = _mm(b_k, tl.trans(b_w1), BF16, PREC)
+        z = _mm(b_k, tl.trans(b_w1), XB, XPREC)
         hk, d1, d2 = _act(z, ACT)
         dg1 = -(c[:, None] * _mm(b_k, tl.trans(b_dw1), BF16, PREC)
                 + wm[:, None] * _mm(b_k, tl.trans(b_ds1), BF16, PREC))
         # h = act(z) feeds y = k + h W2^T (de) and u2 = e h^T (the c and m theta sums)
-        dh = (_mm(de, b_w2, BF16, PREC) - _mm(c[:, None] * e, b_dw2, BF16, PREC)
+        dh = (_mm(de, b_w2, XB, XPREC) - _mm(c[:, None] * e, b_dw2, BF16, PREC)
               - _mm(wm[:, None] * e, b_ds2, BF16, PREC))
-        ew2 = _mm(e, b_w2, BF16, PREC)
+        ew2 = _mm(e, b_w2, XB, XPREC)
         dz = dh * d1 + dg1 * ew2 * d2
         g1 = ew2 * d1
-        dk += (_mm(dz, b_w1, BF16, PREC) - _mm(c[:, None] * g1, b_dw1, BF16, PREC)
+        dk += (_mm(dz, b_w1, XB, XPREC) - _mm(c[:, None] * g1, b_dw1, BF16, PREC)
                - _mm(wm[:, None] * g1, b_ds1, BF16, PREC))
-        g_w1 = tl.trans(_mm(tl.trans(b_k), dz, BF16, PREC))  # a tall dot: see _mm
-        g_w2 = _mm(tl.trans(de), hk, BF16, PREC) + _mm(tl.trans(e), dg1 * d1, BF16, PREC)
+        g_w1 = tl.trans(_mm(tl.trans(b_k), dz, XB, XPREC))  # a tall dot: see _mm
+        g_w2 = _mm(tl.trans(de), hk, XB, XPREC) + _mm(tl.trans(e), dg1 * d1, XB, XPREC)
         b_s1 = tl.load(p_s1 + o_1)
         b_s2 = tl.load(p_s2 + o_2)
         dA += tl.sum(b_dw1 * b_w1) + tl.sum(b_dw2 * b_w2)
@@ -175,7 +189,8 @@ def _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de,
 @triton.jit
 def _retrieval_pass(p_w1, p_w2, p_dw1, p_dw2, b_q, b_do, j_lo, j_hi, D: tl.constexpr, HID: tl.constexpr,
                     BE: tl.constexpr, BT: tl.constexpr, ACT: tl.constexpr, BF16: tl.constexpr,
-                    PREC: tl.constexpr):
+                    PREC: tl.constexpr,
+                    XB: tl.constexpr, XPREC: tl.constexpr):
     """Pass D over hidden units j_lo..j_hi: the retrieval o = q + act(q W1^T) W2^T. Its weight gradients add
     onto the updated adjoint (kept out of pass C so fewer [BT, D] blocks are live at once); returns their
     share of dq (without the identity path)."""
@@ -185,19 +200,20 @@ def _retrieval_pass(p_w1, p_w2, p_dw1, p_dw2, b_q, b_do, j_lo, j_hi, D: tl.const
         o_2 = _tile_offs(j, HID, D, BE, False)
         b_w1 = tl.load(p_w1 + o_1)
         b_w2 = tl.load(p_w2 + o_2)
-        hq, dq1, _ = _act(_mm(b_q, tl.trans(b_w1), BF16, PREC), ACT)
-        dzq = _mm(b_do, b_w2, BF16, PREC) * dq1
-        dq += _mm(dzq, b_w1, BF16, PREC)
+        hq, dq1, _ = _act(_mm(b_q, tl.trans(b_w1), XB, XPREC), ACT)
+        dzq = _mm(b_do, b_w2, XB, XPREC) * dq1
+        dq += _mm(dzq, b_w1, XB, XPREC)
         # a tall dot: see _mm
-        tl.store(p_dw1 + o_1, tl.load(p_dw1 + o_1) + tl.trans(_mm(tl.trans(b_q), dzq, BF16, PREC)))
-        tl.store(p_dw2 + o_2, tl.load(p_dw2 + o_2) + _mm(tl.trans(b_do), hq, BF16, PREC))
+        tl.store(p_dw1 + o_1, tl.load(p_dw1 + o_1) + tl.trans(_mm(tl.trans(b_q), dzq, XB, XPREC)))
+        tl.store(p_dw2 + o_2, tl.load(p_dw2 + o_2) + _mm(tl.trans(b_do), hq, XB, XPREC))
     return dq
 
 
 @triton.jit
 def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, b_v, b_do, n,
                   c, wm, A, E, G, D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
-                  ACT: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr):
+                  ACT: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr,
+                  XB: tl.constexpr, XPREC: tl.constexpr):
     """Depth 2 reverse step (M(x) = x + W2 act(W1 x)) in four passes over hidden tiles:
     A) the error e; B) everything that feeds de; C) dh, dz, the local weight gradients and the adjoint update,
     in place; D) the retrieval's gradients. Returns dq, dk, dv [BT, D], dc, dwm [BT], dA, dE, dG."""
@@ -209,9 +225,10 @@ def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, 
     # C overwrites adjoint tiles that other threads read in B, and D re-reads what C wrote
     tl.debug_barrier()
     dk, dA, dE, dG = _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de, c, wm, A, E,
-                                  G, 0, HID, D, HID, BE, BT, ACT, BF16, PREC)
+                                  G, 0, HID, D, HID, BE, BT, ACT, BF16, PREC, XB, XPREC)
     tl.debug_barrier()
-    dq = _retrieval_pass(p_w1, p_w2, p_dw1, p_dw2, b_q, b_do, 0, HID, D, HID, BE, BT, ACT, BF16, PREC)
+    dq = _retrieval_pass(p_w1, p_w2, p_dw1, p_dw2, b_q, b_do, 0, HID, D, HID, BE, BT, ACT, BF16, PREC, XB,
+                         XPREC)
     return b_do.to(tl.float32) + dq, dk + de, -de, dc, dwm, dA, dE, dG
 
 
@@ -240,7 +257,7 @@ def titans_memory_bwd_kernel(
     ck_w1, ck_w2, ck_s1, ck_s2, sc_w1, sc_w2, sc_s1, sc_s2, dw1, dw2, ds1, ds2, T, CK_EVERY, N_CK,
     H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr,
     BE_F: tl.constexpr, BE: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, BF16: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, XB: tl.constexpr, XPREC: tl.constexpr,
 ):
     """Reverse walk of one chain. dw*/ds* [B*H, out, in] hold the gradient of the final state on entry
     and that of the initial state on exit. The scratch sc_* has CK_EVERY - 1 slots per chain: the
@@ -296,7 +313,7 @@ def titans_memory_bwd_kernel(
                 b_do = _load_rows(do + tok * D, n, D, BT, H * D)
                 b_dq, b_dk, b_dv, b_dc, b_dwm, dA, dE, dG = _mlp_bwd_step(
                     p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, b_v, b_do, n,
-                    c, wm, A, E, G, D, HID, BE, BT, ACT, BF16, PREC)
+                    c, wm, A, E, G, D, HID, BE, BT, ACT, BF16, PREC, XB, XPREC)
                 _store_rows(dv + tok * D, b_dv, n, D, BT, H * D)
             _store_rows(dq + tok * D, b_dq, n, D, BT, H * D)
             _store_rows(dk + tok * D, b_dk, n, D, BT, H * D)
@@ -387,7 +404,7 @@ def titans_memory_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: 
     with build_switches(cfg):
         P = split_programs(q, depth, hidden, chunk_size, cfg, lambda P: bwd_split_per_sm(
             q, k, v, coeffs, do, grads, ckpts, scratch, dws, dss, every, n_ck, P, chunk_size, activation,
-            cfg)) if cfg.get("split_bwd", 1) else 0
+            cfg), narrow=True) if cfg.get("split_bwd", 1) else 0
         if P:
             titans_memory_bwd_split(q, k, v, coeffs, do, grads, ckpts, scratch, dws, dss, every, n_ck, P,
                                     chunk_size, activation, cfg)
@@ -397,7 +414,7 @@ def titans_memory_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: 
                 dws[0], dws[-1], dss[0], dss[-1], T, every, n_ck,
                 H=H, D=D, HID=hidden, CS=chunk_size, BT=cfg["BT"], BE_F=cfg["BE_F"], BE=cfg["BE"],
                 DEPTH=depth, ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"],
-                num_warps=cfg["num_warps_bwd"], num_stages=cfg["num_stages_bwd"],
+                **exact_backward(cfg), num_warps=cfg["num_warps_bwd"], num_stages=cfg["num_stages_bwd"],
             )
     dtheta, deta, dalpha = torch.empty_like(theta), torch.empty_like(eta), torch.empty_like(alpha)
     titans_memory_gate_bwd_kernel[(n_chunks, B * H)](

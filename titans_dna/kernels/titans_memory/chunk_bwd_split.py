@@ -29,7 +29,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_bwd import _chunk_start_ptrs, _de_pass, _retrieval_pass, _reverse_segment, _update_pass, _y_pass
+from .chunk_bwd import (
+    _chunk_start_ptrs,
+    _de_pass,
+    _retrieval_pass,
+    _reverse_segment,
+    _update_pass,
+    _y_pass,
+    exact_backward,
+)
 from .chunk_fwd import _chunk_span, _load_coeffs, _load_rows, _mlp_update_tiles, _state_ptrs
 from .chunk_fwd_split import (
     _barrier,
@@ -110,7 +118,7 @@ def titans_memory_bwd_split_kernel(
     T, CK_EVERY, N_CK,
     H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr,
     EP: tl.constexpr, BE: tl.constexpr, P: tl.constexpr, ACT: tl.constexpr, BF16: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, XB: tl.constexpr, XPREC: tl.constexpr,
 ):
     """Grid (B * H * P,): program p of chain i_bh owns hidden units p EP .. (p + 1) EP (module docstring),
     which the reverse step's passes walk in tiles of BE.
@@ -187,7 +195,8 @@ def titans_memory_bwd_split_kernel(
             tl.store(p_own + VEC + o_t, dc)
             tl.store(p_own + VEC + BT + o_t, dwm)
             dk_p, dA, dE, dG = _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de, c,
-                                            wm, A, E, G, j_lo, j_hi, D, HID, BE, BT, ACT, BF16, PREC)
+                                            wm, A, E, G, j_lo, j_hi, D, HID, BE, BT, ACT, BF16, PREC, XB,
+                                            XPREC)
             if i_p == 0:  # the identity paths, counted once
                 dk_p += de
             tl.store(p_own + DK + o_td, dk_p)
@@ -195,7 +204,7 @@ def titans_memory_bwd_split_kernel(
             b_q = _load_rows(q + tok * D, n, D, BT, H * D)
             b_do = _load_rows(do + tok * D, n, D, BT, H * D)
             dq_p = _retrieval_pass(p_w1, p_w2, p_dw1, p_dw2, b_q, b_do, j_lo, j_hi, D, HID, BE, BT, ACT, BF16,
-                                   PREC)
+                                   PREC, XB, XPREC)
             if i_p == 0:
                 dq_p += b_do.to(tl.float32)
             tl.store(p_own + DQ + o_td, dq_p)
@@ -222,7 +231,7 @@ def _bwd_split_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     tile = cfg.get("split_tile_bwd", 16 if warps == 4 else cfg["BE"])
     options = dict(H=H, D=D, HID=hidden, CS=chunk_size, BT=BT, EP=hidden // P, BE=min(tile, hidden // P), P=P,
                    ACT=0 if activation == "silu" else 1, BF16=cfg["BF16"], PREC=cfg["PREC"], num_warps=warps,
-                   num_stages=1, **register_cap(cfg))
+                   num_stages=1, **exact_backward(cfg), **register_cap(cfg))
 
     def build() -> tuple:
         part = torch.empty(B * H, 2, P, 5 * BT * D + 2 * BT + 4, device=q.device, dtype=torch.float32)

@@ -358,6 +358,8 @@ def titans_memory_fwd_kernel(
 # wgmma; for the split kernels split, split_bwd, split_be, split_pack, split_warps[_bwd], split_tile_bwd,
 # split_maxnreg), empty in normal use: the benchmark sweeps tile sizes, warps and dot precisions through it
 # (bench/memory_kernels.py --sweep), and TITANS_DNA_KERNEL_TUNING (a JSON object) sets it for a whole run.
+# Two keys are trade-offs a user may want: "bwd_exact" (chunk_bwd.exact_backward: bf16 gradients closer to
+# float32, for a slower backward) and "ckpt_every" (checkpoint_every: less recompute, more memory).
 TUNING: dict = json.loads(os.environ.get("TITANS_DNA_KERNEL_TUNING") or "{}")
 
 
@@ -426,8 +428,9 @@ def kernel_config(q: torch.Tensor, hidden: int, chunk_size: int) -> dict:
 
 def checkpoint_every(n_chunks: int) -> int:
     """Chunks per checkpoint segment: ~sqrt(n) balances the checkpoints (n / k states per chain) against
-    the backward's scratch (k states), and k >= 4 keeps the recompute overhead small at short lengths."""
-    return max(4, math.ceil(math.sqrt(n_chunks)))
+    the backward's scratch (k states), and k >= 4 keeps the recompute overhead small at short lengths.
+    tuning "ckpt_every" sets k."""
+    return TUNING.get("ckpt_every") or max(4, math.ceil(math.sqrt(n_chunks)))
 
 
 def titans_memory_coeffs(theta: torch.Tensor, eta: torch.Tensor, alpha: torch.Tensor, chunk_size: int,

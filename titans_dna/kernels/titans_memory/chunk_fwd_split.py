@@ -195,7 +195,7 @@ def cached_per_sm(kernel, options: dict, q: torch.Tensor, call: Callable[[], tup
 
 
 def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tuning: dict,
-                   per_sm: Callable[[int], int] = lambda P: 1) -> int:
+                   per_sm: Callable[[int], int] = lambda P: 1, narrow: bool = False) -> int:
     """P, the programs per chain of a split launch (forward, and the backward unless tuning "split_bwd" is 0),
     or 0 for the persistent kernel.
 
@@ -205,7 +205,9 @@ def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tu
     SM, or `per_sm(P)` per SM (the kernel built for P, `programs_per_sm`) unless tuning "split_pack" is 0 or
     the launch may run beside others (`_beside_others`: graph captures and side streams keep one per SM).
     Two programs per SM take the backward's 4 x 32k chains from P = 4 to 8 (BENCHMARKS.md). P must divide the
-    chunk tile's rows (each program writes BT / P output rows). tuning "split": 0 turns the split off, 1
+    chunk tile's rows (each program writes BT / P output rows). `narrow` (the backward) first tries tiles of
+    16, P = hidden / 16, where they fit one program per SM: 110 against 128 ms fwd+bwd at 128k x 1 (H200);
+    the forward is slower with them (17.5 against 16.0 ms). tuning "split": 0 turns the split off, 1
     also turns it on in the CPU interpreter, with P = 1 (its programs run one after another, so P > 1 would
     wait forever at the first barrier).
     """
@@ -215,13 +217,14 @@ def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tu
         return 1 if tuning.get("split") == 1 else 0
     chains, room = q.shape[0] * q.shape[2], _resident_programs(q.device)
     BT = max(16, triton.next_power_of_2(chunk_size))
-    for be in ([tuning["split_be"]] if "split_be" in tuning else [32, 64]):
+    for be in ([tuning["split_be"]] if "split_be" in tuning else [16] * narrow + [32, 64]):
         P = hidden // be
         if not (2 <= P <= BT and hidden % be == 0):
             continue
         if not packed(q, P):
             return P
-        if tuning.get("split_pack", 1) and not _beside_others(q) and chains * P <= room * per_sm(P):
+        may_pack = be >= 32 and tuning.get("split_pack", 1) and not _beside_others(q)
+        if may_pack and chains * P <= room * per_sm(P):
             return P
     return 0
 

@@ -103,11 +103,11 @@ def _chain_error(p_w1, p_w2, b_k, p_v, n, p_slots, i_p, sync, flag, target, j_lo
     and sums the P shares."""
     o_t = tl.arange(0, BT)
     o_td = o_t[:, None] * D + tl.arange(0, D)[None, :]
+    b_v = _load_rows(p_v, n, D, BT, H * D)  # issued first: its latency hides behind the pass, not the barrier
     y_share = _y_pass(p_w1, p_w2, b_k, j_lo, j_hi, D, HID, BE, BT, ACT, BF16, PREC)
     tl.store(p_slots + i_p * SLOT + o_td, y_share)
     _barrier(sync, flag, target)
     y = _sum_shares(p_slots, 0, BT, D, P, SLOT)
-    b_v = _load_rows(p_v, n, D, BT, H * D)
     return tl.where((o_t < n)[:, None], b_k.to(tl.float32) + y - b_v.to(tl.float32), 0.0)
 
 

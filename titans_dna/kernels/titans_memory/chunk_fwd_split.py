@@ -75,6 +75,20 @@ def _sum_shares(p_part, row0, R: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
     return acc
 
 
+@triton.jit
+def _chunk_inputs(q, k, v, cw, aeg, i_c, i_b, i_h, i_bh, o_r, T, H: tl.constexpr, D: tl.constexpr,
+                  CS: tl.constexpr, BT: tl.constexpr):
+    """Chunk i_c's length n, first token row, gate coefficients, q, k, v [BT, D] and the query rows o_r that
+    this program adds to its output rows."""
+    t0, n, tok = _chunk_span(i_c, i_b, i_h, T, CS, H)
+    c, wm, A, E, G = _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT, CS)
+    q_r = tl.load(q + (tok + o_r[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :],
+                  mask=(o_r < n)[:, None], other=0.0)
+    b_q = _load_rows(q + tok * D, n, D, BT, H * D)
+    b_k = _load_rows(k + tok * D, n, D, BT, H * D)
+    return n, tok, c, wm, A, E, G, b_q, b_k, _load_rows(v + tok * D, n, D, BT, H * D), q_r
+
+
 @triton.jit(do_not_specialize=["T", "CK_EVERY", "N_CK"])
 def titans_memory_fwd_split_kernel(
     q, k, v, cw, aeg, o, w1, w2, s1, s2, ck_w1, ck_w2, ck_s1, ck_s2, part, sync, flag, T, CK_EVERY, N_CK,
@@ -103,8 +117,10 @@ def titans_memory_fwd_split_kernel(
     o_t = tl.arange(0, BT)
     o_td = o_t[:, None] * D + tl.arange(0, D)[None, :]
     o_r = i_p * R + tl.arange(0, R)
-    for i_c in range(0, tl.cdiv(T, CS)):
-        t0, n, tok = _chunk_span(i_c, i_b, i_h, T, CS, H)
+    NC = tl.cdiv(T, CS)
+    n, tok, c, wm, A, E, G, b_q, b_k, b_v, q_r = _chunk_inputs(q, k, v, cw, aeg, 0, i_b, i_h, i_bh, o_r, T,
+                                                               H, D, CS, BT)
+    for i_c in range(0, NC):
         if SAVE:
             if i_c % CK_EVERY == 0:
                 slot = i_c // CK_EVERY
@@ -113,9 +129,6 @@ def titans_memory_fwd_split_kernel(
                 tl.store(c_w2 + o_2, b_w2)
                 tl.store(c_s1 + o_1, b_s1)
                 tl.store(c_s2 + o_2, b_s2)
-        c, wm, A, E, G = _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT, CS)
-        b_q = _load_rows(q + tok * D, n, D, BT, H * D)
-        b_k = _load_rows(k + tok * D, n, D, BT, H * D)
         hq, _, _ = _act(_mm(b_q, tl.trans(b_w1), BF16, PREC), ACT)
         hk, d1, _ = _act(_mm(b_k, tl.trans(b_w1), BF16, PREC), ACT)
         p_part = part + (i_bh.to(tl.int64) * 2 + i_c % 2) * P * SLOT
@@ -123,15 +136,18 @@ def titans_memory_fwd_split_kernel(
         tl.store(p_part + i_p * SLOT + BT * D + o_td, _mm(hk, tl.trans(b_w2), BF16, PREC))
         _barrier(sync + i_bh, flag, (i_c + 1) * P)
         p_o = o + (tok + o_r[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :]
-        q_r = tl.load(q + (tok + o_r[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :],
-                      mask=(o_r < n)[:, None], other=0.0)
         out = q_r.to(tl.float32) + _sum_shares(p_part, i_p * R, R, D, P, SLOT)
         tl.store(p_o, out.to(o.dtype.element_ty), mask=(o_r < n)[:, None])
         y = _sum_shares(p_part + BT * D, 0, BT, D, P, SLOT)
-        b_v = _load_rows(v + tok * D, n, D, BT, H * D)
         e = tl.where((o_t < n)[:, None], b_k.to(tl.float32) + y - b_v.to(tl.float32), 0.0)
-        b_w1, b_w2, b_s1, b_s2 = _slice_update(b_w1, b_w2, b_s1, b_s2, e, b_k, hk, d1, c, wm, A, E, G,
-                                               BF16, PREC)
+        k_now = b_k
+        c_now, wm_now, A_now, E_now, G_now = c, wm, A, E, G
+        # the next chunk's inputs load while this chunk's update runs: they head the next step's critical path
+        i_next = tl.minimum(i_c + 1, NC - 1)
+        n, tok, c, wm, A, E, G, b_q, b_k, b_v, q_r = _chunk_inputs(q, k, v, cw, aeg, i_next, i_b, i_h, i_bh,
+                                                                   o_r, T, H, D, CS, BT)
+        b_w1, b_w2, b_s1, b_s2 = _slice_update(b_w1, b_w2, b_s1, b_s2, e, k_now, hk, d1, c_now, wm_now, A_now,
+                                               E_now, G_now, BF16, PREC)
     tl.store(p_w1 + o_1, b_w1)
     tl.store(p_w2 + o_2, b_w2)
     tl.store(p_s1 + o_1, b_s1)

@@ -162,8 +162,11 @@ def run_check(path: Path, names: str = "") -> None:
         cfg = CHECKS[i]
         xs, ws, state = check_inputs_for(cfg, seed=1000 + i)
         kw = dict(chunk_size=cfg[7], activation=cfg[8])
-        do = torch.randn_like(xs[0])
-        dstate = [torch.randn(cfg[1], *w.shape, device=DEVICE, dtype=torch.float64) for w in ws] * 2
+        # seeded too, so that runs of one commit agree and runs of two commits compare
+        g = torch.Generator(device=DEVICE).manual_seed(2000 + i)
+        do = torch.randn(xs[0].shape, device=DEVICE, dtype=torch.float64, generator=g)
+        dstate = [torch.randn(cfg[1], *w.shape, device=DEVICE, dtype=torch.float64, generator=g)
+                  for w in ws] * 2
         for dtype in (getattr(torch, d) for d in cfg[10]):
             # both paths see the same rounded inputs and weights
             rounded = [x.to(dtype).double() for x in xs]

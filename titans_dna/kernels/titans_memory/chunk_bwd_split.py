@@ -8,11 +8,13 @@ segment's chunks backwards with chunk_bwd.py's passes restricted to E_p, in tile
 read from L2 as the persistent kernel does: holding the slices and their adjoint in registers spilled 10-12
 KiB per thread). Only [BT, D] blocks that sum over the hidden units cross programs:
 
-1. the shares of y = act(k W1^T) W2^T, for the error e; barrier;
+1. the shares of y = act(k W1^T) W2^T, for the error e; barrier. The recompute has already formed e for
+   every chunk of the segment but its last, and parks it in `errs` (program p its rows p BT / P ..
+   (p + 1) BT / P), so the reverse walk exchanges y only for that last chunk;
 2. the shares of de (the gradient reaching e through dg1, r2 = act(z) dW2^T and r2s = act(z) dS2^T); barrier;
 3. the partial dq, dk, dL/dc, dL/d(m theta) and dA, dE, dG, which are parked in the scratch and summed
-   after the next chunk's first barrier (program p writes rows p BT / P .. (p + 1) BT / P; program 0 the
-   per-chunk scalars), so a chunk costs two barriers, not three.
+   after the next chunk's de barrier (program p writes rows p BT / P .. (p + 1) BT / P; program 0 the
+   per-chunk scalars), so most chunks cost one barrier.
 
 Everything else (dg1, dh, dz, the local weight gradients, the adjoint update and the retrieval's gradients)
 is the program's own. Scratch slots alternate by chunk parity, as in the forward: a block is read between
@@ -114,7 +116,7 @@ def _chain_error(p_w1, p_w2, b_k, p_v, n, p_slots, i_p, sync, flag, target, j_lo
 @triton.jit(do_not_specialize=["T", "CK_EVERY", "N_CK"])
 def titans_memory_bwd_split_kernel(
     q, k, v, cw, aeg, do, dq, dk, dv, dcw, dsc,
-    ck_w1, ck_w2, ck_s1, ck_s2, sc_w1, sc_w2, sc_s1, sc_s2, dw1, dw2, ds1, ds2, part, sync, flag,
+    ck_w1, ck_w2, ck_s1, ck_s2, sc_w1, sc_w2, sc_s1, sc_s2, dw1, dw2, ds1, ds2, errs, part, sync, flag,
     T, CK_EVERY, N_CK,
     H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, CS: tl.constexpr, BT: tl.constexpr,
     EP: tl.constexpr, BE: tl.constexpr, P: tl.constexpr, ACT: tl.constexpr, BF16: tl.constexpr,
@@ -122,8 +124,8 @@ def titans_memory_bwd_split_kernel(
 ):
     """Grid (B * H * P,): program p of chain i_bh owns hidden units p EP .. (p + 1) EP (module docstring),
     which the reverse step's passes walk in tiles of BE.
-    Buffers as titans_memory_bwd_kernel's, plus part [B*H, 2, P, slot] float32 scratch, sync [B*H] int32
-    zeros and flag [1] int32 (set to 1 if a barrier timed out)."""
+    Buffers as titans_memory_bwd_kernel's, plus errs [B*H, CK_EVERY, BT, D] and part [B*H, 2, P, slot]
+    float32 scratch, sync [B*H] int32 zeros and flag [1] int32 (set to 1 if a barrier timed out)."""
     pid = tl.program_id(0)
     i_bh = pid // P
     i_p = pid % P
@@ -150,6 +152,8 @@ def titans_memory_bwd_split_kernel(
     o_s = tl.arange(0, 4)
     p_dw1, p_dw2, p_ds1, p_ds2 = _state_ptrs(dw1, dw2, ds1, ds2, i_bh, 0, 1, SIZE)
     p_chain = part + i_bh.to(tl.int64) * 2 * P * SLOT
+    p_errs = errs + i_bh.to(tl.int64) * CK_EVERY * BT * D
+    mine = ((o_t // R) == i_p)[:, None]  # this program's rows of the parked errors
     n_bar = tl.full([], 0, tl.int32)
     for i_r in range(0, N_CK):
         i_s, c_lo, n_l = _reverse_segment(i_r, N_CK, CK_EVERY, NC)
@@ -163,6 +167,7 @@ def titans_memory_bwd_split_kernel(
             e = _chain_error(p_w1, p_w2, b_k, v + tok * D, n, p_chain + (l % 2) * P * SLOT + RY, i_p,
                              sync + i_bh, flag, n_bar * P, j_lo, j_hi, H, D, HID, BE, BT, P, SLOT, ACT, BF16,
                              PREC)
+            tl.store(p_errs + l * BT * D + o_td, e, mask=mine)
             _mlp_update_tiles(p_w1, p_w2, p_s1, p_s2,
                               *_state_ptrs(sc_w1, sc_w2, sc_s1, sc_s2, i_bh, l, n_sc, SIZE),
                               b_k, e, c, wm, A, E, G, j_lo, j_hi, D, HID, BE, ACT, BF16, PREC)
@@ -177,17 +182,20 @@ def titans_memory_bwd_split_kernel(
                                                        i_bh, i_s, l, N_CK, n_sc, SIZE)
             p_part = p_chain + (i_c % 2) * P * SLOT
             p_own = p_part + i_p * SLOT
-            n_bar += 1
-            e = _chain_error(p_w1, p_w2, b_k, v + tok * D, n, p_part + Y, i_p, sync + i_bh, flag, n_bar * P,
-                             j_lo, j_hi, H, D, HID, BE, BT, P, SLOT, ACT, BF16, PREC)
-            if i_c + 1 < NC:
-                _flush(p_chain + ((i_c + 1) % 2) * P * SLOT, i_c + 1, i_p, i_b, i_h, i_bh, T, NC, dq, dk,
-                       dcw, dsc, H, D, CS, BT, P, SLOT)
+            if l < n_l - 1:  # parked by the recompute, published by the barriers since
+                e = tl.load(p_errs + l * BT * D + o_td, cache_modifier=".cg")
+            else:
+                n_bar += 1
+                e = _chain_error(p_w1, p_w2, b_k, v + tok * D, n, p_part + Y, i_p, sync + i_bh, flag,
+                                 n_bar * P, j_lo, j_hi, H, D, HID, BE, BT, P, SLOT, ACT, BF16, PREC)
             de_p, dc, dwm = _de_pass(p_w1, p_w2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, c, wm, j_lo, j_hi, D,
                                      HID, BE, BT, ACT, BF16, PREC)
             tl.store(p_own + DE + o_td, de_p)
             n_bar += 1
             _barrier(sync + i_bh, flag, n_bar * P)
+            if i_c + 1 < NC:
+                _flush(p_chain + ((i_c + 1) % 2) * P * SLOT, i_c + 1, i_p, i_b, i_h, i_bh, T, NC, dq, dk,
+                       dcw, dsc, H, D, CS, BT, P, SLOT)
             de = _sum_shares(p_part + DE, 0, BT, D, P, SLOT)
             p_dv = dv + (tok + o_t[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :]
             tl.store(p_dv, (-de).to(dv.dtype.element_ty), mask=((o_t // R == i_p) & (o_t < n))[:, None])
@@ -235,9 +243,10 @@ def _bwd_split_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     def build() -> tuple:
         part = torch.empty(B * H, 2, P, 5 * BT * D + 2 * BT + 4, device=q.device, dtype=torch.float32)
+        errs = torch.empty(B * H, every, BT, D, device=q.device, dtype=torch.float32)
         sync = torch.zeros(B * H + 1, device=q.device, dtype=torch.int32)  # the last entry is the error flag
-        args = (q, k, v, *coeffs, do, *grads, *ckpts, *scratch, dws[0], dws[1], dss[0], dss[1], part, sync,
-                sync[B * H:], T, every, n_ck)
+        args = (q, k, v, *coeffs, do, *grads, *ckpts, *scratch, dws[0], dws[1], dss[0], dss[1], errs, part,
+                sync, sync[B * H:], T, every, n_ck)
         return (B * H * P,), args
 
     return options, build

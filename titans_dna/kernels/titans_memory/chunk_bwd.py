@@ -142,8 +142,7 @@ def _de_pass(p_w1, p_w2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, c, wm, j_lo, j_hi, 
 @triton.jit
 def _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de, c, wm, A, E, G, j_lo, j_hi,
                  D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr, ACT: tl.constexpr,
-                 BF16: tl.constexpr, PREC: tl.constexpr,
-                 XB: tl.constexpr, XPREC: tl.constexpr):
+                 BF16: tl.constexpr, PREC: tl.constexpr, XB: tl.constexpr, XPREC: tl.constexpr):
     """Pass C over hidden units j_lo..j_hi: dh, dz, the local weight gradients and the adjoint update, in
     place, and the keys' gradient through u1 = (c g1)^T k, (m theta g1)^T k (from the adjoint before the
     update, which this pass holds anyway). Returns their share of dk and of dA, dE, dG."""
@@ -189,8 +188,7 @@ def _update_pass(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_k, e, de,
 @triton.jit
 def _retrieval_pass(p_w1, p_w2, p_dw1, p_dw2, b_q, b_do, j_lo, j_hi, D: tl.constexpr, HID: tl.constexpr,
                     BE: tl.constexpr, BT: tl.constexpr, ACT: tl.constexpr, BF16: tl.constexpr,
-                    PREC: tl.constexpr,
-                    XB: tl.constexpr, XPREC: tl.constexpr):
+                    PREC: tl.constexpr, XB: tl.constexpr, XPREC: tl.constexpr):
     """Pass D over hidden units j_lo..j_hi: the retrieval o = q + act(q W1^T) W2^T. Its weight gradients add
     onto the updated adjoint (kept out of pass C so fewer [BT, D] blocks are live at once); returns their
     share of dq (without the identity path)."""
@@ -212,8 +210,8 @@ def _retrieval_pass(p_w1, p_w2, p_dw1, p_dw2, b_q, b_do, j_lo, j_hi, D: tl.const
 @triton.jit
 def _mlp_bwd_step(p_w1, p_w2, p_s1, p_s2, p_dw1, p_dw2, p_ds1, p_ds2, b_q, b_k, b_v, b_do, n,
                   c, wm, A, E, G, D: tl.constexpr, HID: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
-                  ACT: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr,
-                  XB: tl.constexpr, XPREC: tl.constexpr):
+                  ACT: tl.constexpr, BF16: tl.constexpr, PREC: tl.constexpr, XB: tl.constexpr,
+                  XPREC: tl.constexpr):
     """Depth 2 reverse step (M(x) = x + W2 act(W1 x)) in four passes over hidden tiles:
     A) the error e; B) everything that feeds de; C) dh, dz, the local weight gradients and the adjoint update,
     in place; D) the retrieval's gradients. Returns dq, dk, dv [BT, D], dc, dwm [BT], dA, dE, dG."""

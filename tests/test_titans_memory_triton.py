@@ -334,9 +334,9 @@ def test_compiled_inference_call_equals_eager(seed):
     ref, got = ({"o": o, **{f"final_{i}": t for i, t in enumerate([*ws, *ss])}} for o, (ws, ss) in results)
     assert_close(got, ref, 1e-5)
 def test_split_programs_choice(monkeypatch):
-    """P: hidden / 32 programs per chain, else hidden / 64, whose grid is resident at once (one program per
-    SM, or as many as the kernel built for P lets an SM hold); 0 where no split fits, for depth 1, or when
-    tuned off; the interpreter only when forced, with P = 1."""
+    """P: hidden / 16 programs per chain where they fit one per SM, else hidden / 32, else hidden / 64, whose
+    grid is resident at once (one program per SM, or as many as the kernel built for P lets an SM hold); 0
+    where no split fits, for depth 1, or when tuned off; the interpreter only when forced, with P = 1."""
     from titans_dna.kernels.titans_memory import chunk_fwd_split as split
 
     monkeypatch.setattr(split, "_resident_programs", lambda device: 132)
@@ -348,14 +348,14 @@ def test_split_programs_choice(monkeypatch):
         return 2
 
     cuda_q = type("Q", (), {"shape": (1, 1024, 8, 64), "device": torch.device("cuda")})()
-    assert split.split_programs(cuda_q, 2, 256, 64, {}) == 8
-    assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm) == 8 and not asked  # fits one per SM
-    assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm, narrow=True) == 16 and not asked
+    assert split.split_programs(cuda_q, 2, 256, 64, {}) == 16
+    assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm) == 16 and not asked  # fits one per SM
+    assert split.split_programs(cuda_q, 2, 256, 64, {"split_be": 32}, two_per_sm) == 8 and not asked
     cuda_q.shape = (4, 1024, 8, 64)  # 32 chains: 4 programs each fit 132 SMs, 8 do not
     assert split.split_programs(cuda_q, 2, 256, 64, {}) == 4
     assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm) == 8 and asked == [8]  # 256 <= 264
     assert split.split_programs(cuda_q, 2, 256, 64, {"split_pack": 0}, two_per_sm) == 4
-    assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm, narrow=True) == 8  # 16 only one per SM
+    assert split.split_programs(cuda_q, 2, 256, 64, {"split_be": 16}, two_per_sm) == 0  # 16: one per SM only
     monkeypatch.setattr(split, "_beside_others", lambda q: True)  # a graph or side stream: one per SM
     assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm) == 4
     monkeypatch.setattr(split, "_beside_others", lambda q: False)
@@ -364,8 +364,8 @@ def test_split_programs_choice(monkeypatch):
     assert split.split_programs(cuda_q, 2, 256, 64, {}, two_per_sm) == 0  # P = 8 and 4 would need 4 and 2
     assert split.split_programs(cuda_q, 2, 128, 64, {}, two_per_sm) == 2
     cuda_q.shape = (1, 1024, 4, 64)
-    assert split.split_programs(cuda_q, 2, 128, 64, {}) == 4
-    assert split.split_programs(cuda_q, 2, 128, 64, {"split_be": 16}) == 8
+    assert split.split_programs(cuda_q, 2, 128, 64, {}) == 8
+    assert split.split_programs(cuda_q, 2, 128, 64, {"split_be": 32}) == 4
     assert split.split_programs(cuda_q, 1, 64, 64, {}) == 0
     assert split.split_programs(cuda_q, 2, 128, 64, {"split": 0}) == 0
     cpu_q = torch.zeros(1, 8, 2, 16)

@@ -402,7 +402,7 @@ def titans_memory_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: 
     with build_switches(cfg):
         P = split_programs(q, depth, hidden, chunk_size, cfg, lambda P: bwd_split_per_sm(
             q, k, v, coeffs, do, grads, ckpts, scratch, dws, dss, every, n_ck, P, chunk_size, activation,
-            cfg), narrow=True) if cfg.get("split_bwd", 1) else 0
+            cfg)) if cfg.get("split_bwd", 1) else 0
         if P:
             titans_memory_bwd_split(q, k, v, coeffs, do, grads, ckpts, scratch, dws, dss, every, n_ck, P,
                                     chunk_size, activation, cfg)

@@ -6,18 +6,23 @@ latency of some 40 dependent small matmuls. Here program p of a chain owns the h
 E_p = [p BE, (p + 1) BE): rows E_p of W1 and S1, columns E_p of W2 and S2. It keeps them in registers for the
 whole walk (loaded once, stored once), and per chunk:
 
-1. computes its share of the MLP for the queries and keys: act(x W1[E_p]^T) W2[:, E_p]^T, [BT, D] each;
-2. stores both shares to its slot of a scratch buffer and meets the chain's other programs at a barrier;
-3. sums the P shares of the keys into the error e = k + sum_p share_p - v (every program needs all of e),
-   and those of the queries for its own BT / P rows of the output o;
+1. computes its share of the MLP for the keys, act(k W1[E_p]^T) W2[:, E_p]^T [BT, D], stores it to its slot
+   of a scratch buffer and arrives at the chain's barrier;
+2. while the others arrive, computes and stores its share for the queries and writes its BT / P rows of
+   the previous chunk's output o (the queries plus the sum of their P shares), then waits;
+3. reduce-scatters the error e = k + sum_p share_p - v, which every program needs whole: it sums its own
+   rows of the P key shares, stores its rows of e over the same rows of its own share (rows no other
+   program reads), meets the others at a second barrier and reads e back. Each program reads 2 (BT / P) D
+   values of every share instead of BT D: with one barrier, 8 programs per chain read 128 KiB per chunk
+   each, and at 4 x 32k the forward took 5.6 ms against 4.7 ms reduce-scattered (H200);
 4. updates its slices from e alone: g1 = (e W2[:, E_p]) * act'(z), u1 = (c g1)^T k, u2 = (c e)^T act(z).
 
 The barrier is a per-chain counter in global memory: each program adds 1 after its stores and spins until
-the counter reaches P x (chunks done). Scratch slots alternate between two buffers by chunk parity, so a
-program writing chunk c + 1's shares cannot overwrite shares of chunk c that a slower program still reads
-(it reads them before it arrives at barrier c + 1). The P programs of every chain must be resident at once,
-which `split_programs` guarantees by launching at most one program per SM. The sums run in a fixed order:
-results do not depend on timing.
+the counter reaches P x (barriers passed). Scratch slots alternate between two buffers by chunk parity: a
+block is read between the barrier that publishes it and the reader's next arrival, and its slot is written
+again two chunks later, after a barrier that the reader can only open by arriving. The P programs of every
+chain must be resident at once, which `split_programs` guarantees by launching at most one program per SM
+(or as many as an SM holds). The sums run in a fixed order: results do not depend on timing.
 
 The CPU interpreter runs programs one after another, so there a barrier between programs would never open;
 with P = 1 the same code runs there (each barrier is passed by the program's own arrival).
@@ -50,10 +55,15 @@ MAX_SPINS = tl.constexpr(1 << 26)
 
 
 @triton.jit
-def _barrier(sync, flag, target):
-    """Arrive at the chain's barrier and wait until `target` arrivals have been counted."""
+def _arrive(sync):
+    """Count this program's arrival at the chain's barrier: its stores so far are published."""
     tl.debug_barrier()  # every thread's stores are issued before this program arrives
     tl.atomic_add(sync, 1, sem="release")
+
+
+@triton.jit
+def _wait(sync, flag, target):
+    """Wait until `target` arrivals have been counted at the chain's barrier."""
     count = tl.atomic_add(sync, 0, sem="acquire")
     spins = tl.full([], 0, tl.int32)
     while (count < target) & (spins < MAX_SPINS):
@@ -62,6 +72,13 @@ def _barrier(sync, flag, target):
     if count < target:
         tl.atomic_max(flag, 1)
     tl.debug_barrier()
+
+
+@triton.jit
+def _barrier(sync, flag, target):
+    """Arrive at the chain's barrier and wait until `target` arrivals have been counted."""
+    _arrive(sync)
+    _wait(sync, flag, target)
 
 
 @triton.jit
@@ -76,17 +93,57 @@ def _sum_shares(p_part, row0, R: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
 
 
 @triton.jit
-def _chunk_inputs(q, k, v, cw, aeg, i_c, i_b, i_h, i_bh, o_r, T, H: tl.constexpr, D: tl.constexpr,
-                  CS: tl.constexpr, BT: tl.constexpr):
-    """Chunk i_c's length n, first token row, gate coefficients, q, k, v [BT, D] and the query rows o_r that
-    this program adds to its output rows."""
+def _all_gather_rows(p_region, rows, i_p, sync, flag, target, BT: tl.constexpr, D: tl.constexpr,
+                     P: tl.constexpr, SLOT: tl.constexpr):
+    """The second half of a reduce-scatter: publish this program's rows of a [BT, D] block (rows
+    i_p BT / P .., summed by it) over the same rows of its own share at p_region, which no other program
+    reads; meet the chain at the barrier (`target` arrivals); read the whole block back from the P slots."""
+    R: tl.constexpr = BT // P
+    o_d = tl.arange(0, D)[None, :]
+    o_t = tl.arange(0, BT)
+    tl.debug_barrier()  # every thread has read the rows it overwrites
+    tl.store(p_region + i_p * SLOT + (i_p * R + tl.arange(0, R))[:, None] * D + o_d, rows)
+    _barrier(sync, flag, target)
+    return tl.load(p_region + (o_t // R)[:, None] * SLOT + o_t[:, None] * D + o_d, cache_modifier=".cg")
+
+
+@triton.jit
+def _k_minus_v_rows(k, v, tok, n, o_r, H: tl.constexpr, D: tl.constexpr):
+    """k - v (float32) of a chunk's rows o_r (0 from row n on); `tok` is the chunk's first token row."""
+    o_rd = (tok + o_r[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :]
+    m_r = (o_r < n)[:, None]
+    return tl.load(k + o_rd, mask=m_r, other=0.0).to(tl.float32) - tl.load(v + o_rd, mask=m_r, other=0.0)
+
+
+@triton.jit
+def _output_rows(o, q, p_part, i_c, i_b, i_h, o_r, i_p, T, H: tl.constexpr, D: tl.constexpr, CS: tl.constexpr,
+                 R: tl.constexpr, P: tl.constexpr, SLOT: tl.constexpr):
+    """Store this program's output rows o_r of chunk i_c: the queries plus the sum of the P query shares
+    at p_part."""
+    _, n, tok = _chunk_span(i_c, i_b, i_h, T, CS, H)
+    o_rd = (tok + o_r[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :]
+    m_r = (o_r < n)[:, None]
+    out = tl.load(q + o_rd, mask=m_r, other=0.0).to(tl.float32) + _sum_shares(p_part, i_p * R, R, D, P, SLOT)
+    tl.store(o + o_rd, out.to(o.dtype.element_ty), mask=m_r)
+
+
+@triton.jit
+def _chunk_keys(k, cw, aeg, i_c, i_b, i_h, i_bh, T, H: tl.constexpr, D: tl.constexpr, CS: tl.constexpr,
+                BT: tl.constexpr):
+    """Chunk i_c's length n, first token row, gate coefficients (c, m theta, A, E, G) and keys [BT, D]."""
     t0, n, tok = _chunk_span(i_c, i_b, i_h, T, CS, H)
     c, wm, A, E, G = _load_coeffs(cw, aeg, i_bh, i_c, t0, n, T, BT, CS)
-    q_r = tl.load(q + (tok + o_r[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :],
-                  mask=(o_r < n)[:, None], other=0.0)
-    b_q = _load_rows(q + tok * D, n, D, BT, H * D)
-    b_k = _load_rows(k + tok * D, n, D, BT, H * D)
-    return n, tok, c, wm, A, E, G, b_q, b_k, _load_rows(v + tok * D, n, D, BT, H * D), q_r
+    return n, tok, c, wm, A, E, G, _load_rows(k + tok * D, n, D, BT, H * D)
+
+
+@triton.jit
+def _chunk_inputs(q, k, v, cw, aeg, i_c, i_b, i_h, i_bh, o_r, T, H: tl.constexpr, D: tl.constexpr,
+                  CS: tl.constexpr, BT: tl.constexpr):
+    """_chunk_keys' values with the queries [BT, D] and, for this program's rows o_r of the error, k - v
+    (float32)."""
+    n, tok, c, wm, A, E, G, b_k = _chunk_keys(k, cw, aeg, i_c, i_b, i_h, i_bh, T, H, D, CS, BT)
+    kv_r = _k_minus_v_rows(k, v, tok, n, o_r, H, D)
+    return n, c, wm, A, E, G, _load_rows(q + tok * D, n, D, BT, H * D), b_k, kv_r
 
 
 @triton.jit(do_not_specialize=["T", "CK_EVERY", "N_CK"])
@@ -118,8 +175,8 @@ def titans_memory_fwd_split_kernel(
     o_td = o_t[:, None] * D + tl.arange(0, D)[None, :]
     o_r = i_p * R + tl.arange(0, R)
     NC = tl.cdiv(T, CS)
-    n, tok, c, wm, A, E, G, b_q, b_k, b_v, q_r = _chunk_inputs(q, k, v, cw, aeg, 0, i_b, i_h, i_bh, o_r, T,
-                                                               H, D, CS, BT)
+    n, c, wm, A, E, G, b_q, b_k, kv_r = _chunk_inputs(q, k, v, cw, aeg, 0, i_b, i_h, i_bh, o_r, T, H, D, CS,
+                                                      BT)
     for i_c in range(0, NC):
         if SAVE:
             if i_c % CK_EVERY == 0:
@@ -129,25 +186,31 @@ def titans_memory_fwd_split_kernel(
                 tl.store(c_w2 + o_2, b_w2)
                 tl.store(c_s1 + o_1, b_s1)
                 tl.store(c_s2 + o_2, b_s2)
-        hq, _, _ = _act(_mm(b_q, tl.trans(b_w1), BF16, PREC), ACT)
-        hk, d1, _ = _act(_mm(b_k, tl.trans(b_w1), BF16, PREC), ACT)
         p_part = part + (i_bh.to(tl.int64) * 2 + i_c % 2) * P * SLOT
-        tl.store(p_part + i_p * SLOT + o_td, _mm(hq, tl.trans(b_w2), BF16, PREC))
+        hk, d1, _ = _act(_mm(b_k, tl.trans(b_w1), BF16, PREC), ACT)
         tl.store(p_part + i_p * SLOT + BT * D + o_td, _mm(hk, tl.trans(b_w2), BF16, PREC))
-        _barrier(sync + i_bh, flag, (i_c + 1) * P)
-        p_o = o + (tok + o_r[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :]
-        out = q_r.to(tl.float32) + _sum_shares(p_part, i_p * R, R, D, P, SLOT)
-        tl.store(p_o, out.to(o.dtype.element_ty), mask=(o_r < n)[:, None])
-        y = _sum_shares(p_part + BT * D, 0, BT, D, P, SLOT)
-        e = tl.where((o_t < n)[:, None], b_k.to(tl.float32) + y - b_v.to(tl.float32), 0.0)
+        # split phase: the queries' path runs while the other programs arrive
+        _arrive(sync + i_bh)
+        hq, _, _ = _act(_mm(b_q, tl.trans(b_w1), BF16, PREC), ACT)
+        tl.store(p_part + i_p * SLOT + o_td, _mm(hq, tl.trans(b_w2), BF16, PREC))
+        if i_c > 0:
+            _output_rows(o, q, part + (i_bh.to(tl.int64) * 2 + (i_c - 1) % 2) * P * SLOT, i_c - 1, i_b, i_h,
+                         o_r, i_p, T, H, D, CS, R, P, SLOT)
+        _wait(sync + i_bh, flag, (i_c * 2 + 1) * P)
+        # the error, reduce-scattered: each program sums its rows of the y shares alone (1 / P of the reads
+        # that summing them all would take, for a second barrier)
+        e_r = tl.where((o_r < n)[:, None], kv_r + _sum_shares(p_part + BT * D, i_p * R, R, D, P, SLOT), 0.0)
+        e = _all_gather_rows(p_part + BT * D, e_r, i_p, sync + i_bh, flag, (i_c * 2 + 2) * P, BT, D, P, SLOT)
         k_now = b_k
         c_now, wm_now, A_now, E_now, G_now = c, wm, A, E, G
         # the next chunk's inputs load while this chunk's update runs: they head the next step's critical path
         i_next = tl.minimum(i_c + 1, NC - 1)
-        n, tok, c, wm, A, E, G, b_q, b_k, b_v, q_r = _chunk_inputs(q, k, v, cw, aeg, i_next, i_b, i_h, i_bh,
-                                                                   o_r, T, H, D, CS, BT)
+        n, c, wm, A, E, G, b_q, b_k, kv_r = _chunk_inputs(q, k, v, cw, aeg, i_next, i_b, i_h, i_bh, o_r, T, H,
+                                                          D, CS, BT)
         b_w1, b_w2, b_s1, b_s2 = _slice_update(b_w1, b_w2, b_s1, b_s2, e, k_now, hk, d1, c_now, wm_now, A_now,
                                                E_now, G_now, BF16, PREC)
+    _output_rows(o, q, part + (i_bh.to(tl.int64) * 2 + (NC - 1) % 2) * P * SLOT, NC - 1, i_b, i_h, o_r, i_p,
+                 T, H, D, CS, R, P, SLOT)
     tl.store(p_w1 + o_1, b_w1)
     tl.store(p_w2 + o_2, b_w2)
     tl.store(p_s1 + o_1, b_s1)
@@ -211,19 +274,19 @@ def cached_per_sm(kernel, options: dict, q: torch.Tensor, call: Callable[[], tup
 
 
 def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tuning: dict,
-                   per_sm: Callable[[int], int] = lambda P: 1, narrow: bool = False) -> int:
+                   per_sm: Callable[[int], int] = lambda P: 1) -> int:
     """P, the programs per chain of a split launch (forward, and the backward unless tuning "split_bwd" is 0),
     or 0 for the persistent kernel.
 
     Depth 2 only (a matrix memory's rows are independent: no sharing to split). P = hidden / BE for the
-    tile BE = 32, else 64 (tuning "split_be" fixes it), with P >= 2 (16-unit tiles were no faster than 32:
-    23.1 against 21.6 ms at 128k x 1 on an H200), whose B * H * P programs are all resident at once: one per
-    SM, or `per_sm(P)` per SM (the kernel built for P, `programs_per_sm`) unless tuning "split_pack" is 0 or
-    the launch may run beside others (`_beside_others`: graph captures and side streams keep one per SM).
-    Two programs per SM take the backward's 4 x 32k chains from P = 4 to 8 (BENCHMARKS.md). P must divide the
-    chunk tile's rows (each program writes BT / P output rows). `narrow` (the backward) first tries tiles of
-    16, P = hidden / 16, where they fit one program per SM: 110 against 128 ms fwd+bwd at 128k x 1 (H200);
-    the forward is slower with them (17.5 against 16.0 ms). tuning "split": 0 turns the split off, 1
+    tile BE = 16, else 32, else 64 (tuning "split_be" fixes it), with P >= 2, whose B * H * P programs are all
+    resident at once: one per SM, or for BE >= 32 `per_sm(P)` per SM (the kernel built for P,
+    `programs_per_sm`) unless tuning "split_pack" is 0 or the launch may run beside others
+    (`_beside_others`: graph captures and side streams keep one per SM). Two programs per SM take the
+    backward's 4 x 32k chains from P = 4 to 8 (BENCHMARKS.md). P must divide the chunk tile's rows (each
+    program writes BT / P output rows). At 128k x 1 (H200), 16-unit tiles took the backward from 128 to 110
+    ms fwd+bwd, and the forward, once its exchanges were reduce-scattered, from 14.6 to 12.3 ms (before,
+    they made it slower: 17.5 against 16.0 ms). tuning "split": 0 turns the split off, 1
     also turns it on in the CPU interpreter, with P = 1 (its programs run one after another, so P > 1 would
     wait forever at the first barrier).
     """
@@ -233,7 +296,7 @@ def split_programs(q: torch.Tensor, depth: int, hidden: int, chunk_size: int, tu
         return 1 if tuning.get("split") == 1 else 0
     chains, room = q.shape[0] * q.shape[2], _resident_programs(q.device)
     BT = max(16, triton.next_power_of_2(chunk_size))
-    for be in ([tuning["split_be"]] if "split_be" in tuning else [16] * narrow + [32, 64]):
+    for be in ([tuning["split_be"]] if "split_be" in tuning else [16, 32, 64]):
         P = hidden // be
         if not (2 <= P <= BT and hidden % be == 0):
             continue

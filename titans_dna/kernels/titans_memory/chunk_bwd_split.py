@@ -45,10 +45,11 @@ from .chunk_bwd import (
 )
 from .chunk_fwd import _chunk_span, _load_rows, _mlp_update_tiles, _state_ptrs
 from .chunk_fwd_split import (
-    _all_gather_rows,
     _barrier,
     _chunk_keys,
+    _gather_rows,
     _k_minus_v_rows,
+    _publish_rows,
     _sum_shares,
     barrier_flags,
     cached_per_sm,
@@ -196,12 +197,15 @@ def titans_memory_bwd_split_kernel(
             tl.store(p_own + DE + o_td, de_p)
             n_bar += 1
             _barrier(sync + i_bh, flag, n_bar * P)
+            # reduce-scattered as the forward's error; the flush of the last chunk's partials (published by
+            # the barrier just passed) runs while the others arrive
+            _publish_rows(p_part + DE, _sum_shares(p_part + DE, i_p * R, R, D, P, SLOT), i_p, sync + i_bh, BT,
+                          D, P, SLOT)
             if i_c + 1 < NC:
                 _flush(p_chain + ((i_c + 1) % 2) * P * SLOT, i_c + 1, i_p, i_b, i_h, i_bh, T, NC, dq, dk,
                        dcw, dsc, H, D, CS, BT, P, SLOT)
-            n_bar += 1  # reduce-scattered as the forward's error
-            de_r = _sum_shares(p_part + DE, i_p * R, R, D, P, SLOT)
-            de = _all_gather_rows(p_part + DE, de_r, i_p, sync + i_bh, flag, n_bar * P, BT, D, P, SLOT)
+            n_bar += 1
+            de = _gather_rows(p_part + DE, sync + i_bh, flag, n_bar * P, BT, D, P, SLOT)
             p_dv = dv + (tok + o_t[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :]
             tl.store(p_dv, (-de).to(dv.dtype.element_ty), mask=mine & (o_t < n)[:, None])
             # stored as soon as they are known: fewer blocks stay live through the later passes

@@ -157,7 +157,7 @@ def titans_memory_bwd_split_kernel(
     p_dw1, p_dw2, p_ds1, p_ds2 = _state_ptrs(dw1, dw2, ds1, ds2, i_bh, 0, 1, SIZE)
     p_chain = part + i_bh.to(tl.int64) * 2 * P * SLOT
     p_errs = errs + i_bh.to(tl.int64) * CK_EVERY * BT * D
-    mine = ((o_t // R) == i_p)[:, None]  # this program's rows of the parked errors
+    mine = ((o_t // R) == i_p)[:, None]  # this program's rows of a chunk, whose dv it stores
     n_bar = tl.full([], 0, tl.int32)
     for i_r in range(0, N_CK):
         i_s, c_lo, n_l = _reverse_segment(i_r, N_CK, CK_EVERY, NC)

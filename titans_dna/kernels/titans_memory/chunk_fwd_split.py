@@ -14,7 +14,7 @@ whole walk (loaded once, stored once), and per chunk:
    rows of the P key shares, stores its rows of e over the same rows of its own share (rows no other
    program reads), meets the others at a second barrier and reads e back. Each program reads 2 (BT / P) D
    values of every share instead of BT D: with one barrier, 8 programs per chain read 128 KiB per chunk
-   each, and at 4 x 32k the forward took 5.6 ms against 4.7 ms reduce-scattered (H200);
+   each, and at 4 x 32k the forward took 5.6 ms against 4.7-5.0 ms reduce-scattered (H200);
 4. updates its slices from e alone: g1 = (e W2[:, E_p]) * act'(z), u1 = (c g1)^T k, u2 = (c e)^T act(z).
 
 The barrier is a per-chain counter in global memory: each program adds 1 after its stores and spins until

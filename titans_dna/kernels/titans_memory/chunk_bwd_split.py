@@ -51,6 +51,7 @@ from .chunk_fwd_split import (
     _k_minus_v_rows,
     _publish_rows,
     _sum_shares,
+    _token_rows,
     barrier_flags,
     cached_per_sm,
     launched_programs,
@@ -72,12 +73,12 @@ def _flush(p_part, i_c, i_p, i_b, i_h, i_bh, T, NC, dq, dk, dcw, dsc, H: tl.cons
     R: tl.constexpr = BT // P
     t0, n, tok = _chunk_span(i_c, i_b, i_h, T, CS, H)
     o_r = i_p * R + tl.arange(0, R)
-    m_r = o_r < n
-    p_rows = (tok + o_r[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :]
+    p_rows, m_rows = _token_rows(tok, n, o_r, H, D)
     tl.store(dq + p_rows, _sum_shares(p_part + DQ, i_p * R, R, D, P, SLOT).to(dq.dtype.element_ty),
-             mask=m_r[:, None])
+             mask=m_rows)
     tl.store(dk + p_rows, _sum_shares(p_part + DK, i_p * R, R, D, P, SLOT).to(dk.dtype.element_ty),
-             mask=m_r[:, None])
+             mask=m_rows)
+    m_r = o_r < n
     acc_c = tl.zeros([R], dtype=tl.float32)
     acc_m = tl.zeros([R], dtype=tl.float32)
     for r in tl.static_range(P):

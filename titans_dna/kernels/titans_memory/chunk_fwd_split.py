@@ -116,10 +116,16 @@ def _gather_rows(p_region, sync, flag, target, BT: tl.constexpr, D: tl.constexpr
 
 
 @triton.jit
+def _token_rows(tok, n, o_r, H: tl.constexpr, D: tl.constexpr):
+    """Offsets [R, D] of a chunk's rows o_r in a [B, T, H, D] tensor, and the mask of those before row n;
+    `tok` is the chunk's first token row."""
+    return (tok + o_r[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :], (o_r < n)[:, None]
+
+
+@triton.jit
 def _k_minus_v_rows(k, v, tok, n, o_r, H: tl.constexpr, D: tl.constexpr):
     """k - v (float32) of a chunk's rows o_r (0 from row n on); `tok` is the chunk's first token row."""
-    o_rd = (tok + o_r[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :]
-    m_r = (o_r < n)[:, None]
+    o_rd, m_r = _token_rows(tok, n, o_r, H, D)
     return tl.load(k + o_rd, mask=m_r, other=0.0).to(tl.float32) - tl.load(v + o_rd, mask=m_r, other=0.0)
 
 
@@ -129,8 +135,7 @@ def _output_rows(o, q, p_part, i_c, i_b, i_h, o_r, i_p, T, H: tl.constexpr, D: t
     """Store this program's output rows o_r of chunk i_c: the queries plus the sum of the P query shares
     at p_part."""
     _, n, tok = _chunk_span(i_c, i_b, i_h, T, CS, H)
-    o_rd = (tok + o_r[:, None].to(tl.int64) * H) * D + tl.arange(0, D)[None, :]
-    m_r = (o_r < n)[:, None]
+    o_rd, m_r = _token_rows(tok, n, o_r, H, D)
     out = tl.load(q + o_rd, mask=m_r, other=0.0).to(tl.float32) + _sum_shares(p_part, i_p * R, R, D, P, SLOT)
     tl.store(o + o_rd, out.to(o.dtype.element_ty), mask=m_r)
 
@@ -183,6 +188,7 @@ def titans_memory_fwd_split_kernel(
     o_td = o_t[:, None] * D + tl.arange(0, D)[None, :]
     o_r = i_p * R + tl.arange(0, R)
     NC = tl.cdiv(T, CS)
+    p_chain = part + i_bh.to(tl.int64) * 2 * P * SLOT  # this chain's two parity blocks of P slots
     n, c, wm, A, E, G, b_q, b_k, kv_r = _chunk_inputs(q, k, v, cw, aeg, 0, i_b, i_h, i_bh, o_r, T, H, D, CS,
                                                       BT)
     for i_c in range(0, NC):
@@ -194,7 +200,7 @@ def titans_memory_fwd_split_kernel(
                 tl.store(c_w2 + o_2, b_w2)
                 tl.store(c_s1 + o_1, b_s1)
                 tl.store(c_s2 + o_2, b_s2)
-        p_part = part + (i_bh.to(tl.int64) * 2 + i_c % 2) * P * SLOT
+        p_part = p_chain + (i_c % 2) * P * SLOT
         hk, d1, _ = _act(_mm(b_k, tl.trans(b_w1), BF16, PREC), ACT)
         tl.store(p_part + i_p * SLOT + BT * D + o_td, _mm(hk, tl.trans(b_w2), BF16, PREC))
         # split phase: the queries' path runs while the other programs arrive
@@ -202,8 +208,8 @@ def titans_memory_fwd_split_kernel(
         hq, _, _ = _act(_mm(b_q, tl.trans(b_w1), BF16, PREC), ACT)
         tl.store(p_part + i_p * SLOT + o_td, _mm(hq, tl.trans(b_w2), BF16, PREC))
         if i_c > 0:
-            _output_rows(o, q, part + (i_bh.to(tl.int64) * 2 + (i_c - 1) % 2) * P * SLOT, i_c - 1, i_b, i_h,
-                         o_r, i_p, T, H, D, CS, R, P, SLOT)
+            _output_rows(o, q, p_chain + ((i_c - 1) % 2) * P * SLOT, i_c - 1, i_b, i_h, o_r, i_p, T, H, D, CS,
+                         R, P, SLOT)
         _wait(sync + i_bh, flag, (i_c * 2 + 1) * P)
         # the error, reduce-scattered: each program sums its rows of the y shares alone (1 / P of the reads
         # that summing them all would take, for a second barrier)
@@ -219,8 +225,8 @@ def titans_memory_fwd_split_kernel(
                                                           D, CS, BT)
         b_w1, b_w2, b_s1, b_s2 = _slice_update(b_w1, b_w2, b_s1, b_s2, e, k_now, hk, d1, c_now, wm_now, A_now,
                                                E_now, G_now, BF16, PREC)
-    _output_rows(o, q, part + (i_bh.to(tl.int64) * 2 + (NC - 1) % 2) * P * SLOT, NC - 1, i_b, i_h, o_r, i_p,
-                 T, H, D, CS, R, P, SLOT)
+    _output_rows(o, q, p_chain + ((NC - 1) % 2) * P * SLOT, NC - 1, i_b, i_h, o_r, i_p, T, H, D, CS, R, P,
+                 SLOT)
     tl.store(p_w1 + o_1, b_w1)
     tl.store(p_w2 + o_2, b_w2)
     tl.store(p_s1 + o_1, b_s1)

@@ -216,32 +216,59 @@ def run_compile(i: int, dtype_name: str, variant: dict) -> None:
     sync()
 
 
-def run_stability(path: Path, T: int = 1 << 20 if DEVICE == "cuda" else 512, pieces: int = 16) -> None:
-    """1M tokens at batch 1 through the streaming kernel under `activate`d inputs, bf16 and float32, in
-    `pieces` calls with the state carried (the same as one call): finite, W neither blown up nor decayed
-    away; max|W| per piece shows when anything goes wrong."""
+def _carried(op, xs: list, ws: list, dtype, step: int) -> tuple[list[float], tuple, bool]:
+    """Run the memory op `op` over xs in calls of `step` tokens with the state carried (the same as one
+    call): max|W| after each call, the final state, and whether every output and state stayed finite."""
     import torch
+    state, trace, ok = None, [], True
+    with torch.no_grad():
+        for i in range(xs[0].shape[1] // step):
+            piece = [x[:, i * step:(i + 1) * step].to(dtype) for x in xs]
+            o, state = op(*piece, ws, state, chunk_size=CHUNK)
+            ok = ok and finite(o, *state[0], *state[1])
+            trace.append(max(w.abs().max().item() for w in state[0]))
+    return trace, state, ok
+
+
+def run_stability(path: Path, T: int = 1 << 20 if DEVICE == "cuda" else 512, pieces: int = 16,
+                  probe_chunks: int = 64 if DEVICE == "cuda" else 8) -> None:
+    """1M tokens at batch 1 through the streaming kernel in `pieces` calls, bf16 and float32, under two
+    regimes: "default", memory_inputs' default-like gates (issue 4 asks that these stay finite; W decays
+    towards 0 there), and "active", `activate`d inputs that keep the memory in use.
+
+    A fixed-step gradient descent on an MLP diverges once its weights grow past the step's stable range, and
+    in the active regime bf16 dot operands can push the weights there. So a probe runs its first
+    `probe_chunks` chunks one call per chunk through the kernel (bf16) and through the float64 reference on
+    the same bf16-rounded inputs, as it is and with every matmul operand rounded to bf16
+    (memory_bf16_floor.bf16_operands): whether a divergence is the kernel's or bf16's own."""
+    import torch
+    from memory_bf16_floor import bf16_operands  # imported here: it imports this module
 
     from titans_dna.kernels.titans_memory.fused_recurrent import fused_recurrent_titans_memory
-    xs, ws = memory_inputs(1, T, torch.float32, False, seed=7)
-    xs = activate(xs, seed=8)
-    rec = dict(T=T, pieces=pieces)
-    finals = {}
-    step = T // pieces
-    for dtype in (torch.bfloat16, torch.float32):
-        t0, state, trace, ok = time.time(), None, [], True
-        with torch.no_grad():
-            for i in range(pieces):
-                piece = [x[:, i * step:(i + 1) * step].to(dtype) for x in xs]
-                o, state = fused_recurrent_titans_memory(*piece, ws, state, chunk_size=CHUNK)
-                ok = ok and finite(o, *state[0], *state[1])
-                trace.append(max(w.abs().max().item() for w in state[0]))
-        sync()
-        finals[dtype] = state[0]
-        rec[str(dtype)] = dict(seconds=time.time() - t0, finite=ok, max_abs_W_per_piece=trace,
-                               max_abs_S=[s.abs().max().item() for s in state[1]])
-    rec["W_bf16_vs_fp32"] = [((a - b).norm() / b.norm()).item()
-                             for a, b in zip(finals[torch.bfloat16], finals[torch.float32], strict=True)]
-    rec["finite"] = all(rec[str(d)]["finite"] for d in (torch.bfloat16, torch.float32))
-    print(f"[stability] {rec}", flush=True)
+    from titans_dna.kernels.titans_memory.naive import naive_chunk_titans_memory
+    base, ws = memory_inputs(1, T, torch.float32, False, seed=7)
+    active = activate(base, seed=8)
+    rec: dict = dict(T=T, pieces=pieces)
+    for regime, xs in (("default", base), ("active", active)):
+        rec[regime], finals = {}, {}
+        for dtype in (torch.bfloat16, torch.float32):
+            t0 = time.time()
+            trace, state, ok = _carried(fused_recurrent_titans_memory, xs, ws, dtype, T // pieces)
+            sync()
+            finals[dtype] = state[0]
+            rec[regime][str(dtype)] = dict(seconds=time.time() - t0, finite=ok, max_abs_W_per_piece=trace,
+                                           max_abs_S=[s.abs().max().item() for s in state[1]])
+        rec[regime]["W_bf16_vs_fp32"] = [((a - b).norm() / b.norm()).item() for a, b in
+                                         zip(finals[torch.bfloat16], finals[torch.float32], strict=True)]
+    rounded = [x[:, :probe_chunks * CHUNK].to(torch.bfloat16).double() for x in active]
+    w64 = [w.double() for w in ws]
+    probe = {"kernel, bf16": _carried(fused_recurrent_titans_memory, rounded, ws, torch.bfloat16, CHUNK)[0],
+             "reference, float64": _carried(naive_chunk_titans_memory, rounded, w64, torch.float64, CHUNK)[0]}
+    with bf16_operands():
+        probe["reference, bf16 operands"] = _carried(naive_chunk_titans_memory, rounded, w64, torch.float64,
+                                                     CHUNK)[0]
+    rec["active_probe"] = {name: dict(max_abs_W_per_chunk=trace, first_chunk_over_10=next(
+        (i for i, w in enumerate(trace) if not w < 10), None)) for name, trace in probe.items()}
+    rec["finite"] = all(rec["default"][str(d)]["finite"] for d in (torch.bfloat16, torch.float32))
+    print(f"[stability] {json.dumps(rec)}", flush=True)
     path.write_text(json.dumps(rec, indent=1))

@@ -481,9 +481,16 @@ def markdown(res: dict) -> str:
         lines += ["", "Kernel-config sweep (ours, bf16): ms per call, fwd+bwd / fwd", ""] + _sweep_rows(sweep)
     if res.get("stability"):
         s = res["stability"]
-        trace = [f"{w:.3g}" for w in s["torch.float32"]["max_abs_W_per_piece"]]
-        lines += ["", f"Stability: {s['T']} tokens, finite={s['finite']}, float32 max|W| per piece "
-                  f"{', '.join(trace)}; final W bf16 vs float32 {s['W_bf16_vs_fp32']}"]
+        lines += ["", f"Stability: {s['T']} tokens at batch 1 in {s['pieces']} calls; finite with the "
+                  f"default gates: {s['finite']}", ""]
+        for regime in ("default", "active"):
+            for dtype in ("torch.bfloat16", "torch.float32"):
+                r = s[regime][dtype]
+                trace = ", ".join(f"{w:.3g}" for w in r["max_abs_W_per_piece"])
+                lines.append(f"- {regime} gates, {dtype}: finite={r['finite']}, max|W| per call {trace}")
+        for name, probe in s["active_probe"].items():
+            lines.append(f"- active gates, chunk by chunk, {name}: first chunk with max|W| >= 10 "
+                         f"{probe['first_chunk_over_10']}")
     return "\n".join(lines) + "\n"
 
 

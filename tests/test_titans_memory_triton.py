@@ -116,10 +116,18 @@ def run_with_grads(fn, xs, weights, state, dtype, do, dstate, gate_dtype=None, *
 GATE_GRADS = ("dtheta", "deta", "dalpha")
 
 
-def assert_close(got: dict, ref: dict, tol: float, gate_tol: float | None = None) -> None:
+def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """||got - ref|| / ||ref|| in float64."""
+    return ((got.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-12)).item()
+
+
+def assert_close(got: dict, ref: dict, tol: float, gate_tol: float | None = None,
+                 ref32: dict | None = None) -> None:
     """Relative error ||got - ref|| / ||ref|| per named tensor, and no NaN anywhere (fla's assert_close).
 
-    ``gate_tol`` bounds the gate gradients, which reduce many cancelling products over a chunk.
+    ``gate_tol`` bounds the gate gradients, which reduce many cancelling products over a chunk. ``ref32``, the
+    reference run in float32, raises each bound to 4x its own error: on some draws float32 rounding alone puts
+    the reference's final state at 1.6e-5 (TITANS_DNA_SEED=5, test_checkpoint_spacing), near a fixed 2e-5.
     """
     assert got.keys() == ref.keys()
     for name, r in ref.items():
@@ -127,8 +135,10 @@ def assert_close(got: dict, ref: dict, tol: float, gate_tol: float | None = None
         assert g is not None, f"{name}: no gradient"
         assert not torch.isnan(g).any(), f"{name}: NaN"
         bound = gate_tol if gate_tol is not None and name in GATE_GRADS else tol
-        err = ((g.double() - r.double()).norm() / r.double().norm().clamp_min(1e-12)).item()
-        assert err < bound, f"{name}: relative error {err:.2e} >= {bound:.0e}"
+        if ref32 is not None:
+            bound = max(bound, 4 * relative_error(ref32[name], r))
+        err = relative_error(g, r)
+        assert err < bound, f"{name}: relative error {err:.2e} >= {bound:.1e}"
 
 
 CASES = [  # depth, T, D, expansion, chunk, activation, initial state, padding gates
@@ -166,13 +176,12 @@ def test_chunk_matches_reference(ops, seed, split, depth, T, D, expansion, chunk
     do = torch.randn(B, T, H, D, dtype=torch.float64)
     dstate = [torch.randn(B, *w.shape, dtype=torch.float64) for w in weights] * 2
     kw = dict(chunk_size=chunk, activation=act)
-    ref = run_with_grads(naive_chunk_titans_memory, xs, weights, state, torch.float64, do, dstate, **kw)
+    ref, ref32 = (run_with_grads(naive_chunk_titans_memory, xs, weights, state, dtype, do, dstate, **kw)
+                  for dtype in (torch.float64, torch.float32))
     got = run_with_grads(chunk_mod.chunk_titans_memory, xs, weights, state, torch.float32, do, dstate, **kw)
     assert split is None or split.keys() == {"fwd", "bwd"}  # both split kernels ran
-    # the interpreter's float32 erf is good to ~1e-6, against ~1e-7 for the silu path. The kernel's float32
-    # gate gradients reached 5.5e-5 on one draw (TITANS_DNA_SEED=1769216316, depth 1), where the float32
-    # PyTorch reference stays under 5e-6: a known precision gap of the gate-gradient kernel, bounded at 1e-4.
-    assert_close(got, ref, 1e-4 if act == "gelu" else 2e-5, gate_tol=1e-4)
+    # the interpreter's float32 erf is good to ~1e-6, against ~1e-7 for the silu path
+    assert_close(got, ref, 1e-4 if act == "gelu" else 2e-5, ref32=ref32)
 
 
 @interpreted_only
@@ -189,10 +198,11 @@ def test_checkpoint_spacing(ops, seed, split, every, monkeypatch):
     do = torch.randn(B, T, H, D, dtype=torch.float64)
     dstate = [torch.randn(B, *w.shape, dtype=torch.float64) for w in weights] * 2
     kw = dict(chunk_size=16)
-    ref = run_with_grads(naive_chunk_titans_memory, xs, weights, state, torch.float64, do, dstate, **kw)
+    ref, ref32 = (run_with_grads(naive_chunk_titans_memory, xs, weights, state, dtype, do, dstate, **kw)
+                  for dtype in (torch.float64, torch.float32))
     got = run_with_grads(chunk_mod.chunk_titans_memory, xs, weights, state, torch.float32, do, dstate, **kw)
     assert chunk_fwd.checkpoint_every(5) == every
-    assert_close(got, ref, 2e-5, gate_tol=1e-4)
+    assert_close(got, ref, 2e-5, ref32=ref32)
 
 
 @interpreted_only
